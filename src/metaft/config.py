@@ -1,0 +1,185 @@
+"""One small frozen dataclass per stage, validated on creation; saved as ``config.json`` in run folders."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .hub import DEFAULT_MODEL
+
+STANDARD_SEEDS = (13, 21, 42, 87, 100)
+
+
+class _Config:
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else (str(v) if isinstance(v, Path) else v)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown setting(s) {', '.join(unknown)}")
+        kwargs = {}
+        for k, v in data.items():
+            kwargs[k] = tuple(v) if isinstance(v, list) else v
+        return cls(**kwargs)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class PrepareConfig(_Config):
+    """Stage 0: raw corpora -> k-shot (or full) splits in the MFT layout."""
+
+    out: str = "data"
+    corpora: str | None = None  # default: $METAFT_CORPORA
+    group: str | None = "g1"
+    domains: tuple[str, ...] = ()
+    input: str | None = None  # a user's own multi-domain file (layout TSV or JSONL)
+    k: int | None = 16  # None = full pool
+    seeds: tuple[int, ...] = STANDARD_SEEDS
+    dev_fraction: float = 0.1  # only with k=None
+
+    def __post_init__(self):
+        _check(self.k is None or self.k > 0, f"k must be a positive integer or 'full', got {self.k}")
+        _check(len(self.seeds) > 0, "give at least one seed")
+        _check(0.0 < self.dev_fraction < 1.0, f"dev_fraction must be in (0, 1), got {self.dev_fraction}")
+
+
+@dataclass(frozen=True)
+class TypicalityConfig(_Config):
+    """Stage 1: frozen-encoder prototypes and typicality scores."""
+
+    data_dir: str = ""
+    model: str = DEFAULT_MODEL
+    pooling: str = "mean"  # mean (masked) | cls | pooler
+    alpha: float = 0.5
+    aggregation: str = "mean-prototype"  # mean-prototype | mean-cosine
+    max_length: int = 128
+    batch_size: int = 64
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        _check(self.pooling in ("mean", "cls", "pooler"), f"pooling must be mean, cls or pooler, got {self.pooling!r}")
+        _check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
+        _check(self.aggregation in ("mean-prototype", "mean-cosine"),
+               f"aggregation must be mean-prototype or mean-cosine, got {self.aggregation!r}")
+        _check(self.max_length > 2, f"max_length must be > 2, got {self.max_length}")
+        _check(self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Config):
+    """Settings shared by stage 2 (meta fine-tuning) and stage 3 (per-domain fine-tuning)."""
+
+    data_dir: str = ""
+    model: str = DEFAULT_MODEL
+    out: str = "runs/train"
+    seed: int = 42
+    epochs: float = 3.0
+    batch_size: int = 8
+    eval_batch_size: int = 64
+    learning_rate: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    max_length: int = 128
+    eval_every: int = 0  # steps; 0 = once per epoch
+    dropout: float = 0.1
+    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
+    pad_to_multiple_of: int = 8
+    group_by_length: bool = False
+    compile: bool = False
+    resume: bool = False
+    force: bool = False
+    trust_remote_code: bool = False
+    train_limit: int | None = None  # seed flag --train_example_num: use at most this many examples
+    dev_limit: int | None = None
+    test_limit: int | None = None
+
+    def __post_init__(self):
+        _check(self.epochs > 0, f"epochs must be positive, got {self.epochs}")
+        _check(self.batch_size > 0 and self.eval_batch_size > 0, "batch sizes must be positive")
+        _check(self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}")
+        _check(0.0 <= self.warmup_ratio < 1.0, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        _check(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
+        _check(self.mixed_precision in ("auto", "no", "bf16", "fp16"),
+               f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        _check(self.max_length > 2, f"max_length must be > 2, got {self.max_length}")
+
+
+@dataclass(frozen=True)
+class MetaConfig(TrainConfig):
+    """Stage 2: meta fine-tuning on all domains (typicality-weighted CE + lambda * domain loss)."""
+
+    out: str = "runs/meta"
+    learning_rate: float = 5e-5
+    domain_loss: str = "corrupt"  # corrupt | grl | none
+    domain_weight: float = 0.1
+    domain_layers: tuple[int, ...] = ()  # () = 4 evenly spaced layers ending at the last
+    typicality: bool = True
+    typicality_norm: str = "mean"  # none | mean (per domain) | mean-global
+    task_name: str | None = None  # names the best snapshot folder like the seed system
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(self.domain_loss in ("corrupt", "grl", "none"),
+               f"domain_loss must be corrupt, grl or none, got {self.domain_loss!r}")
+        _check(self.domain_weight >= 0, f"domain_weight must be >= 0, got {self.domain_weight}")
+        _check(self.typicality_norm in ("none", "mean", "mean-global"),
+               f"typicality_norm must be none, mean or mean-global, got {self.typicality_norm!r}")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(TrainConfig):
+    """Stage 3: fine-tune a meta-learner (or a raw checkpoint: the baseline) on one domain."""
+
+    out: str = "runs/finetune"
+    learning_rate: float = 1e-5
+    head: str = "reinit"  # reinit | keep
+    domain: str | None = None  # which domain of the data folder; None = the only one
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(self.head in ("reinit", "keep"), f"head must be reinit or keep, got {self.head!r}")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON settings file into a dict."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # noqa: BLE001 - parser errors vary; report them as one line
+        raise ConfigError(f"{path}: cannot parse config ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping of settings")
+    return data
+
+

@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny random BERT built in code (fast, no files), the real default model, corpora."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY_WORDS = (
+    "the a an is was it this that movie film book great good bad terrible awful fine nice boring "
+    "love hate product works broke fast slow plot acting story and not very really but of to i "
+    "battery sound price quality screen what who where when how why question answer"
+).split()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own feature cache so tests never see each other's files."""
+    monkeypatch.setenv("METAFT_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 4-layer, H=32 random BERT saved as a standard HF folder (safetensors + WordPiece tokenizer)."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(TINY_WORDS)) + list("abcdefghijklmnopqrstuvwxyz")
+    vocab_file = folder / "vocab.txt"
+    vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tok = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    tok.save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def corpora_root() -> Path:
+    root = Path(os.environ.get("METAFT_CORPORA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    if not (root / "mr").is_dir():
+        pytest.fail(f"corpora not found at {root}; set METAFT_CORPORA to the shared data folder")
+    return root
