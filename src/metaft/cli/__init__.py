@@ -37,6 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_transformers(verbose: bool) -> None:
+    """Hide transformers' weight-loading bars and load reports; metaft reports what matters itself."""
+    import transformers
+
+    if not verbose:
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
@@ -46,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("transformers", "accelerate", "urllib3", "filelock", "matplotlib", "PIL"):
+    for noisy in ("transformers", "accelerate", "urllib3", "filelock", "matplotlib", "PIL", "httpx"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    _quiet_transformers(verbose=args.verbose)
     try:
         return int(args.func(args) or 0)
     except MetaftError as exc:

@@ -1,0 +1,261 @@
+"""The meta-learner: a standard HF sequence classifier plus a domain head, saved as HF folders.
+
+Folder layout of a meta-learner (a normal ``AutoModelForSequenceClassification`` folder plus two files):
+``config.json``, ``model.safetensors``, tokenizer files, ``domain_head.safetensors`` and
+``metaft_meta.json`` (domains, corruption layers, domain-loss kind). Any HF tool can load the classifier;
+loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import ConfigError
+from .features import masked_mean
+from .hub import resolve_model
+from .losses import grad_reverse
+
+logger = logging.getLogger(__name__)
+
+META_FILE = "metaft_meta.json"
+DOMAIN_HEAD_FILE = "domain_head.safetensors"
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def default_domain_layers(num_layers: int) -> tuple[int, ...]:
+    """Four evenly spaced 0-based encoder layers ending at the last one.
+
+    Layer = floor(L * (j + 1) / 4 + 1/2) - 1 for j = 0..3 (halves round up): 12 layers -> (2, 5, 8, 11)
+    as in the reference code; 6 layers -> (1, 2, 4, 5); 4 or fewer layers -> all of them.
+    """
+    if num_layers <= 4:
+        return tuple(range(num_layers))
+    return tuple(sorted({math.floor(num_layers * (j + 1) / 4 + 0.5) - 1 for j in range(4)}))
+
+
+@dataclass
+class MetaOutput:
+    """logits [B, C]; domain_logits [L, B, K] (one row per corruption layer) or None."""
+
+    logits: torch.Tensor
+    domain_logits: torch.Tensor | None = None
+
+
+class DomainHead(nn.Module):
+    """Learned domain embedding e [K, H] and one domain classifier shared across the selected layers.
+
+    z_l(x) = W_d (h_l(x) + e[d(x)]) + b_d with h_l the masked token mean of layer l. With gradient
+    reversal (the DANN ablation) the embedding is not added, since it would give the true domain away.
+    """
+
+    def __init__(self, num_domains: int, hidden_size: int, layers: tuple[int, ...], use_embedding: bool = True):
+        super().__init__()
+        self.layers = tuple(layers)
+        self.embedding = nn.Embedding(num_domains, hidden_size) if use_embedding else None
+        self.classifier = nn.Linear(hidden_size, num_domains)
+        if self.embedding is not None:
+            nn.init.normal_(self.embedding.weight, std=0.02)
+        nn.init.normal_(self.classifier.weight, std=0.02)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, hidden_states: tuple[torch.Tensor, ...], mask: torch.Tensor, domains: torch.Tensor,
+                grl_coeff: float | None = None) -> torch.Tensor:
+        """hidden_states: embeddings + one [B, T, H] per layer; mask [B, T]; domains [B] -> [L, B, K]."""
+        out = []
+        for layer in self.layers:
+            h = masked_mean(hidden_states[layer + 1], mask)  # [B, H]; index 0 is the embedding output
+            if grl_coeff is not None:
+                h = grad_reverse(h, grl_coeff)
+            if self.embedding is not None:
+                h = h + self.embedding(domains)
+            out.append(self.classifier(h))
+        return torch.stack(out)
+
+
+class MetaLearner(nn.Module):
+    """``classifier`` (any HF AutoModelForSequenceClassification) + optional :class:`DomainHead`."""
+
+    def __init__(self, classifier: nn.Module, domains: list[str], domain_head: DomainHead | None,
+                 domain_loss: str):
+        super().__init__()
+        self.classifier = classifier
+        self.domains = list(domains)
+        self.domain_head = domain_head
+        self.domain_loss = domain_loss
+
+    @classmethod
+    def build(cls, model_name_or_path: str, labels: list[str], domains: list[str], *, domain_loss: str = "corrupt",
+              domain_layers: tuple[int, ...] = (), dropout: float = 0.1,
+              trust_remote_code: bool = False) -> MetaLearner:
+        classifier = _load_sequence_classifier(model_name_or_path, labels, dropout, trust_remote_code,
+                                               ignore_mismatched_sizes=True)
+        head = None
+        if domain_loss != "none":
+            n_layers = classifier.config.num_hidden_layers
+            layers = tuple(domain_layers) or default_domain_layers(n_layers)
+            bad = [i for i in layers if not 0 <= i < n_layers]
+            if bad:
+                raise ConfigError(f"domain layers {bad} out of range: the model has layers 0..{n_layers - 1}")
+            head = DomainHead(len(domains), classifier.config.hidden_size, layers,
+                              use_embedding=domain_loss == "corrupt")
+        return cls(classifier, domains, head, domain_loss)
+
+    def forward(self, batch: dict[str, torch.Tensor], grl_coeff: float = 0.0) -> MetaOutput:
+        inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+        need_hidden = self.domain_head is not None
+        out = self.classifier(**inputs, output_hidden_states=need_hidden, return_dict=True)
+        domain_logits = None
+        if need_hidden:
+            coeff = grl_coeff if self.domain_loss == "grl" else None
+            domain_logits = self.domain_head(out.hidden_states, batch["attention_mask"], batch["domains"], coeff)
+        return MetaOutput(out.logits, domain_logits)
+
+    def save(self, folder: str | Path, tokenizer=None) -> None:
+        folder = Path(folder)
+        self.classifier.save_pretrained(folder, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+        meta = {"domains": self.domains, "domain_loss": self.domain_loss, "layers": None}
+        if self.domain_head is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.domain_head.state_dict().items()},
+                      str(folder / DOMAIN_HEAD_FILE))
+            meta["layers"] = list(self.domain_head.layers)
+        (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: str | Path, trust_remote_code: bool = False) -> MetaLearner:
+        """Load a saved meta-learner (classifier + domain head) from its folder."""
+        folder = Path(folder)
+        recover_folder(folder)
+        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+        classifier = _load_sequence_classifier(str(folder), folder_labels(folder), None, trust_remote_code)
+        head = None
+        if meta["layers"] is not None:
+            head = DomainHead(len(meta["domains"]), classifier.config.hidden_size, tuple(meta["layers"]),
+                              use_embedding=meta["domain_loss"] == "corrupt")
+            head.load_state_dict(load_file(str(folder / DOMAIN_HEAD_FILE)))
+        return cls(classifier, meta["domains"], head, meta["domain_loss"])
+
+
+def folder_labels(folder: str | Path) -> list[str]:
+    """The label strings of a saved classifier, in id order."""
+    config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    id2label = config.get("id2label") or {}
+    return [id2label[k] for k in sorted(id2label, key=int)]
+
+
+def _load_sequence_classifier(source: str, labels: list[str], dropout: float | None, trust_remote_code: bool,
+                              ignore_mismatched_sizes: bool = False):
+    from transformers import AutoModelForSequenceClassification
+
+    path = resolve_model(source)
+    kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+              "label2id": {lab: i for i, lab in enumerate(labels)}}
+    if dropout is not None:
+        kwargs["classifier_dropout"] = dropout
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            path, use_safetensors=True, trust_remote_code=trust_remote_code,
+            ignore_mismatched_sizes=ignore_mismatched_sizes, **kwargs,
+        )
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{source}: cannot load model ({exc})") from None
+
+
+def classification_head(model: nn.Module) -> list[nn.Module]:
+    """The modules of a sequence classifier outside its encoder (e.g. BERT's ``classifier``)."""
+    prefix = model.base_model_prefix
+    return [m for name, m in model.named_children() if name != prefix and any(True for _ in m.parameters())]
+
+
+def reinit_head(model: nn.Module, generator: torch.Generator) -> None:
+    """Re-initialise the classification head like BERT does (normal(0, initializer_range), zero bias)."""
+    std = getattr(model.config, "initializer_range", 0.02)
+    for head in classification_head(model):
+        for m in head.modules():
+            if isinstance(m, nn.Linear):
+                with torch.no_grad():
+                    m.weight.copy_(torch.randn(m.weight.shape, generator=generator) * std)
+                    if m.bias is not None:
+                        m.bias.zero_()
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
+def load_classifier(source: str, labels: list[str], *, head: str = "reinit", dropout: float = 0.1, seed: int = 0,
+                    trust_remote_code: bool = False):
+    """Stage-3 model: from a meta-learner folder or any pretrained checkpoint.
+
+    ``head='reinit'`` starts a fresh classification head (seeded); ``'keep'`` keeps the meta-learner's head
+    and requires the same label set in the same order.
+    """
+    path = Path(resolve_model(source))
+    if path.is_dir():
+        recover_folder(path)
+    has_head = path.is_dir() and (path / META_FILE).is_file()
+    if head == "keep":
+        if not has_head:
+            raise ConfigError(f"{source}: --head keep needs a meta-learner folder (no {META_FILE} there)")
+        saved = folder_labels(path)
+        if saved != list(labels):
+            raise ConfigError(f"{source}: --head keep needs labels {saved}, this domain has {list(labels)}")
+    model = _load_sequence_classifier(str(path), labels, dropout, trust_remote_code, ignore_mismatched_sizes=True)
+    if head == "reinit":
+        reinit_head(model, torch.Generator().manual_seed(seed))
+    return model
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def save_atomic(save_fn: Callable[[Path], None], folder: str | Path) -> None:
+    """Write a folder so that a crash at any point leaves either the old or the new version.
+
+    ``save_fn`` writes into a temporary sibling; files are fsynced; the old folder is moved aside,
+    the new one renamed into place, and the old one removed. :func:`recover_folder` restores the old
+    version if a crash happened between the two renames.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    old = folder.with_name(f".{folder.name}.old")
+    recover_folder(folder)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_fn(tmp)
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_folder(folder: str | Path) -> None:
+    """Undo a save interrupted between its two renames (see :func:`save_atomic`)."""
+    folder = Path(folder)
+    old = folder.with_name(f".{folder.name}.old")
+    if old.is_dir():
+        if folder.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.rename(folder)
