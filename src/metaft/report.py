@@ -1,0 +1,167 @@
+"""``study.json`` -> ``report.md`` tables and PNG plots. Reads only the run folder's files.
+
+Conventions: mean ± std over seeds with the *sample* standard deviation (ddof = 1; "–" for one seed).
+Accuracies are percentages on each domain's test set, for the checkpoint chosen on that domain's dev set.
+Δ vs baseline is the mean over seeds of the paired difference (same seed, same splits).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+BASELINE = "baseline"
+PLOTS = ("accuracy.png", "curves.png", "typicality.png", "pca.png")
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (ddof=1); std is None for fewer than two values."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def fmt_mean_std(values: list[float], scale: float = 100.0) -> str:
+    mean, std = mean_std(values)
+    return f"{mean * scale:.2f} ± " + ("–" if std is None else f"{std * scale:.2f}")
+
+
+def _ordered(items) -> list:
+    return list(dict.fromkeys(items))
+
+
+def variants_of(units: list[dict]) -> list[str]:
+    found = _ordered(u["variant"] for u in units)
+    return sorted(found, key=lambda v: (v != BASELINE, v != "mft", found.index(v)))
+
+
+def summarise(study: dict) -> dict[str, Any]:
+    """Per domain and variant: per-seed test accuracies, mean, std and the paired difference to baseline."""
+    acc: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    for u in study["units"]:
+        acc[(u["domain"], u["variant"])][u["seed"]] = u["test_accuracy"]
+    domains = _ordered(u["domain"] for u in study["units"])
+    rows = []
+    for d in domains:
+        base = acc.get((d, BASELINE), {})
+        for v in variants_of(study["units"]):
+            per_seed = dict(sorted(acc.get((d, v), {}).items()))
+            if not per_seed:
+                continue
+            mean, std = mean_std(list(per_seed.values()))
+            row = {"domain": d, "variant": v, "per_seed": per_seed, "mean": mean, "std": std}
+            paired = [per_seed[s] - base[s] for s in per_seed if s in base]
+            if v != BASELINE and paired:
+                row.update(delta_mean=sum(paired) / len(paired), wins=sum(x > 0 for x in paired),
+                           losses=sum(x < 0 for x in paired), ties=sum(x == 0 for x in paired))
+            rows.append(row)
+    return {"domains": domains, "variants": variants_of(study["units"]), "rows": rows}
+
+
+def _pct(mean: float, std: float | None) -> str:
+    return f"{mean * 100:.2f} ± " + ("–" if std is None else f"{std * 100:.2f}")
+
+
+def domain_table(summary: dict) -> list[str]:
+    lines = ["| domain | variant | test accuracy % (mean ± std) | per seed | Δ vs baseline | wins / losses / ties |",
+             "|---|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        per_seed = ", ".join(f"{s}: {a * 100:.2f}" for s, a in r["per_seed"].items())
+        delta = f"{r['delta_mean'] * 100:+.2f}" if "delta_mean" in r else ""
+        wlt = f"{r['wins']} / {r['losses']} / {r['ties']}" if "wins" in r else ""
+        lines.append(f"| {r['domain']} | {r['variant']} | {_pct(r['mean'], r['std'])} | {per_seed} | {delta} | {wlt} |")
+    return lines
+
+
+def console_table(summary: dict) -> str:
+    """Compact text table: one row per domain, one column per variant (mean ± std of test accuracy)."""
+    cells = {(r["domain"], r["variant"]): _pct(r["mean"], r["std"]) for r in summary["rows"]}
+    head = ["domain"] + summary["variants"]
+    body = [[d] + [cells.get((d, v), "") for v in summary["variants"]] for d in summary["domains"]]
+    widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head] + body)
+
+
+def meta_table(study: dict) -> list[str]:
+    by_variant: dict[str, dict[int, float]] = defaultdict(dict)
+    for m in study.get("meta", []):
+        by_variant[m["variant"]][m["seed"]] = m["dev_accuracy"]
+    if not by_variant:
+        return []
+    lines = ["| variant | meta-stage dev accuracy % (mean ± std) | per seed |", "|---|---|---|"]
+    for v, per_seed in by_variant.items():
+        seeds = ", ".join(f"{s}: {a * 100:.2f}" for s, a in sorted(per_seed.items()))
+        lines.append(f"| {v} | {fmt_mean_std(list(per_seed.values()))} | {seeds} |")
+    return lines
+
+
+def time_table(study: dict) -> list[str]:
+    totals: dict[str, float] = defaultdict(float)
+    for t in study.get("typicality", []):
+        totals["1 typicality"] += t.get("wall_time_s", 0.0)
+    for m in study.get("meta", []):
+        totals[f"2 meta-finetune ({m['variant']})"] += m.get("wall_time_s", 0.0)
+    for u in study["units"]:
+        totals[f"3 finetune ({u['variant']})"] += u.get("wall_time_s", 0.0)
+    lines = ["| stage | wall time, all seeds and domains (s) |", "|---|---|"]
+    lines += [f"| {k[2:]} | {v:.0f} |" for k, v in sorted(totals.items())]
+    return lines
+
+
+def render(study: dict, summary: dict, plots: list[str]) -> str:
+    cfg = study.get("config", {})
+    seeds = _ordered(u["seed"] for u in study["units"])
+    parts = [
+        "# metaft study report", "",
+        f"- group: **{cfg.get('group') or ', '.join(summary['domains'])}**, K = {cfg.get('k', '?')}, "
+        f"seeds: {', '.join(map(str, seeds))}, model: `{cfg.get('model', '?')}`",
+        f"- machine: {study.get('machine', {}).get('description', 'unknown')}",
+        f"- hyper-parameters: {study.get('hyperparameter_note', 'see config.json')}",
+        "- accuracy: test set of each domain, checkpoint selected on that domain's dev set; mean ± sample std "
+        "(ddof = 1) over seeds; Δ = mean paired difference to the baseline (same seed and splits).", "",
+        "## Per-domain test accuracy", "", *domain_table(summary), "",
+    ]
+    verdicts = [r for r in summary["rows"] if r["variant"] == "mft" and "delta_mean" in r]
+    if verdicts:
+        losers = [r["domain"] for r in verdicts if r["delta_mean"] <= 0]
+        parts.append("MFT beats the baseline on every domain (mean over seeds)." if not losers else
+                     f"**MFT does not beat the baseline on: {', '.join(losers)}** (mean over seeds).")
+        parts.append("")
+    if meta_lines := meta_table(study):
+        parts += ["## Meta stage (cross-domain dev set)", "", *meta_lines, ""]
+    parts += ["## Wall time", "", *time_table(study), ""]
+    if plots:
+        parts += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    return "\n".join(parts)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Rebuild ``report.md`` and the plots of a study folder from its ``study.json``."""
+    from .errors import DataError
+    from .plots import make_plots
+
+    run_dir = Path(run_dir)
+    path = run_dir / "study.json"
+    try:
+        study = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(path, "no study.json here: run `metaft run` first") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"not valid JSON ({exc.msg})", exc.lineno) from None
+    if not study.get("units"):
+        raise DataError(path, "the study has no finished fine-tuning results yet")
+    summary = summarise(study)
+    plots = make_plots(run_dir, study, summary)
+    out = run_dir / "report.md"
+    tmp = out.with_name(".report.md.tmp")
+    tmp.write_text(render(study, summary, plots), encoding="utf-8")
+    tmp.replace(out)
+    return out

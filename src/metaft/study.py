@@ -1,0 +1,269 @@
+"""The main job: prepare -> typicality -> meta-finetune -> finetune every domain, against the baseline.
+
+One unit of work per (seed, stage, variant, domain), each in its own folder with its own result file;
+a rerun skips finished units (``force`` redoes them), so an interrupted study resumes where it stopped.
+
+Run folder::
+
+    RUN/config.json            resolved settings
+    RUN/data/...               prepared splits (k-shot-cross/<group>/<K>-<seed>, k-shot-single/<D>/<K>-<seed>)
+    RUN/seed-<s>/meta/<variant>/               meta-learner run (meta_results.json, metrics.jsonl, snapshot)
+    RUN/seed-<s>/finetune/<variant>/<domain>/  per-domain run (results.json, metrics.jsonl, best/)
+    RUN/seed-<s>/pca.json      2-D PCA of dev embeddings before / after meta fine-tuning
+    RUN/study.json, RUN/report.md, RUN/*.png
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import STANDARD_SEEDS, FinetuneConfig, MetaConfig, PrepareConfig, TypicalityConfig, _check, _Config
+from .errors import ConfigError
+from .hub import DEFAULT_MODEL
+from .report import BASELINE
+
+logger = logging.getLogger(__name__)
+
+# meta-stage settings of each MFT variant; "baseline" has no meta stage
+VARIANTS: dict[str, dict[str, Any]] = {
+    "mft": {"typicality": True, "domain_loss": "corrupt"},
+    "no-typicality": {"typicality": False, "domain_loss": "corrupt"},
+    "no-domain-loss": {"typicality": True, "domain_loss": "none"},
+    "multitask": {"typicality": False, "domain_loss": "none"},
+    "grl": {"typicality": True, "domain_loss": "grl"},
+}
+ABLATIONS = tuple(v for v in VARIANTS if v != "mft")
+
+# The reference few-shot recipe ([OF] README), used unchanged (not tuned on any split).
+SEED_RECIPE_META = {"epochs": 63, "batch_size": 4, "learning_rate": 5e-5, "eval_every": 100}
+SEED_RECIPE_FINETUNE = {"epochs": 64, "batch_size": 2, "learning_rate": 1e-5, "eval_every": 50}
+
+
+@dataclass(frozen=True)
+class StudyConfig(_Config):
+    """The whole study. ``meta`` / ``finetune`` / ``typicality`` override those stages' settings."""
+
+    out: str = "runs/study"
+    group: str | None = "g1"
+    domains: tuple[str, ...] = ()
+    input: str | None = None
+    corpora: str | None = None
+    k: int | None = 16
+    seeds: tuple[int, ...] = (42,)
+    model: str = DEFAULT_MODEL
+    ablations: tuple[str, ...] = ()
+    force: bool = False
+    pca: bool = True
+    typicality: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=lambda: dict(SEED_RECIPE_META))
+    finetune: dict = field(default_factory=lambda: dict(SEED_RECIPE_FINETUNE))
+
+    def __post_init__(self):
+        _check(len(self.seeds) > 0, "give at least one seed")
+        unknown = [a for a in self.ablations if a not in ABLATIONS]
+        _check(not unknown, f"unknown ablation(s) {unknown}; choose from {', '.join(ABLATIONS)}")
+        for name, cls in (("typicality", TypicalityConfig), ("meta", MetaConfig), ("finetune", FinetuneConfig)):
+            allowed = {f.name for f in dataclasses.fields(cls)} - {"data_dir", "model", "out", "seed"}
+            bad = sorted(set(getattr(self, name)) - allowed)
+            _check(not bad, f"{name}: unknown or study-managed setting(s) {bad}")
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        return (BASELINE, "mft", *self.ablations)
+
+
+def _tag(cfg: StudyConfig, seed: int) -> str:
+    return f"{'full' if cfg.k is None else cfg.k}-{seed}"
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {"description": f"{platform.machine()}, {os.cpu_count()} CPU cores, device {device}, "
+                           f"torch {torch.__version__}, Python {platform.python_version()}",
+            "device": device, "cpus": os.cpu_count()}
+
+
+def _prepare(cfg: StudyConfig, run: Path) -> tuple[str, list[str]]:
+    """Write (or rewrite identically) the splits; returns the group name and its domains."""
+    from .splits import prepare
+
+    folders = prepare(PrepareConfig(out=str(run / "data"), corpora=cfg.corpora, group=cfg.group,
+                                    domains=cfg.domains, input=cfg.input, k=cfg.k, seeds=cfg.seeds))
+    cross = next(f for f in folders if f.parts[-3] == "k-shot-cross")
+    manifest = json.loads((cross / "manifest.json").read_text(encoding="utf-8"))
+    return cross.parts[-2], list(manifest["domains"])
+
+
+def _typicality(cfg: StudyConfig, cross: Path) -> float:
+    from .typicality import compute_typicality
+
+    if (cross / "typicality.tsv").is_file() and (cross / "typicality.json").is_file() and not cfg.force:
+        return 0.0
+    t0 = time.perf_counter()
+    compute_typicality(TypicalityConfig(**{**cfg.typicality, "data_dir": str(cross), "model": cfg.model}))
+    return time.perf_counter() - t0
+
+
+def _meta(cfg: StudyConfig, variant: str, seed: int, cross: Path, out: Path, group: str) -> dict:
+    from .stages import meta_finetune
+
+    done = _read_json(out / "meta_results.json")
+    if done is None or cfg.force:
+        settings = {**cfg.meta, **VARIANTS[variant], "task_name": group}
+        meta_finetune(MetaConfig(**settings, data_dir=str(cross), model=cfg.model, out=str(out), seed=seed,
+                                 resume=not cfg.force and out.exists(), force=cfg.force))
+        done = _read_json(out / "meta_results.json")
+    return done
+
+
+def _finetune(cfg: StudyConfig, model: str, seed: int, single: Path, out: Path) -> dict:
+    from .stages import finetune
+
+    done = _read_json(out / "results.json")
+    if done is None or cfg.force:
+        finetune(FinetuneConfig(**cfg.finetune, data_dir=str(single), model=model, out=str(out), seed=seed,
+                                resume=not cfg.force and out.exists(), force=cfg.force))
+        done = _read_json(out / "results.json")
+    return done
+
+
+def _unit_record(seed: int, variant: str, domain: str, result: dict, path: Path, run: Path) -> dict:
+    test = result["test"]
+    return {"seed": seed, "variant": variant, "domain": domain, "test_accuracy": test["accuracy"],
+            "test_macro_f1": test["macro_f1"], "dev_accuracy": result["best_dev_accuracy"],
+            "wall_time_s": result.get("timings", {}).get("total_s", 0.0), "path": str(path.relative_to(run))}
+
+
+def run_study(cfg: StudyConfig) -> dict:
+    """Run (or resume) the study; writes ``study.json`` after every unit and ``report.md`` at the end."""
+    from .report import write_report
+
+    run = Path(cfg.out)
+    run.mkdir(parents=True, exist_ok=True)
+    cfg.save(run / "config.json")
+    group, domains = _prepare(cfg, run)
+    study: dict[str, Any] = {"config": {**cfg.to_dict(), "group": group, "domains": domains},
+                             "machine": machine_info(), "hyperparameter_note": HYPERPARAMETER_NOTE,
+                             "typicality": [], "meta": [], "units": [], "pca": []}
+    for seed in cfg.seeds:
+        tag = _tag(cfg, seed)
+        cross = run / "data" / "k-shot-cross" / group / tag
+        seconds = _typicality(cfg, cross)
+        study["typicality"].append({"seed": seed, "path": str((cross / "typicality.tsv").relative_to(run)),
+                                    "wall_time_s": seconds})
+        snapshots = {BASELINE: cfg.model}
+        for variant in cfg.variants[1:]:
+            out = run / f"seed-{seed}" / "meta" / variant
+            logger.info("seed %s: meta-finetune %s", seed, variant)
+            res = _meta(cfg, variant, seed, cross, out, group)
+            snapshots[variant] = res["best_model"]
+            study["meta"].append({"seed": seed, "variant": variant, "dev_accuracy": res["best_dev_accuracy"],
+                                  "wall_time_s": res.get("wall_time_s", 0.0), "path": str(out.relative_to(run))})
+        for domain in domains:
+            single = run / "data" / "k-shot-single" / domain / tag
+            for variant in cfg.variants:
+                out = run / f"seed-{seed}" / "finetune" / variant / domain
+                logger.info("seed %s: finetune %s on %s", seed, variant, domain)
+                res = _finetune(cfg, snapshots[variant], seed, single, out)
+                study["units"].append(_unit_record(seed, variant, domain, res, out, run))
+                _write_json(run / "study.json", study)
+        if cfg.pca:
+            pca_path = run / f"seed-{seed}" / "pca.json"
+            if not pca_path.is_file() or cfg.force:
+                embedding_pca(cross, cfg.model, snapshots["mft"], pca_path)
+            study["pca"].append({"seed": seed, "path": str(pca_path.relative_to(run))})
+    _write_json(run / "study.json", study)
+    study["report"] = str(write_report(run))
+    return study
+
+
+HYPERPARAMETER_NOTE = (
+    "the reference few-shot recipe, unchanged (meta stage: 63 epochs, batch 4, lr 5e-5, dev every 100 steps; "
+    "fine-tuning: 64 epochs, batch 2, lr 1e-5, dev every 50 steps); no setting was tuned on a test set. "
+    "Checkpoints are selected on dev sets only. Overrides, if any, are in config.json."
+)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def nearest_centroid_accuracy(x: np.ndarray, groups: list[str]) -> float:
+    """How well domains can be told apart: share of points whose nearest (cosine) domain centroid is their own."""
+    x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+    names = sorted(set(groups))
+    cents = np.stack([x[[g == n for g in groups]].mean(0) for n in names])
+    cents /= np.linalg.norm(cents, axis=1, keepdims=True).clip(1e-12)
+    pred = np.asarray(names)[(x @ cents.T).argmax(1)]
+    return float((pred == np.asarray(groups)).mean())
+
+
+def pca_2d(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Project each embedding set onto its own first two principal components."""
+    out = []
+    for x in (before, after):
+        xc = x - x.mean(0)
+        _, _, vt = np.linalg.svd(xc, full_matrices=False)
+        out.append(xc @ vt[:2].T)
+    return out[0], out[1]
+
+
+def embedding_pca(cross: Path, model: str, meta_folder: str, out: Path) -> Path:
+    """Embed the cross-domain dev set with the pre-trained and the meta-learned encoder; save 2-D PCA."""
+    from .corpora import read_mft_tsv
+    from .hub import load_encoder, load_tokenizer
+    from .modeling import MetaLearner
+    from .typicality import embed_examples
+
+    examples = read_mft_tsv(cross / "dev.tsv")
+    tok = load_tokenizer(model)
+    before = embed_examples(examples, load_encoder(model), tok, "mean")
+    encoder = MetaLearner.load(meta_folder).classifier.base_model
+    after = embed_examples(examples, encoder, tok, "mean")
+    domains = [ex.domain for ex in examples]
+    pb, pa = pca_2d(before.astype(np.float64), after.astype(np.float64))
+    _write_json(out, {"domains": domains, "before": pb.round(5).tolist(), "after": pa.round(5).tolist(),
+                      "before_domain_separation": nearest_centroid_accuracy(before, domains),
+                      "after_domain_separation": nearest_centroid_accuracy(after, domains)})
+    return out
+
+
+def study_config_from(file_settings: dict[str, Any], overrides: dict[str, Any]) -> StudyConfig:
+    """Merge a config file's settings with CLI overrides (CLI wins); stage sections merge key by key."""
+    merged = dict(file_settings)
+    for key, value in overrides.items():
+        if key in ("meta", "finetune", "typicality"):
+            merged[key] = {**merged.get(key, {}), **value}
+        else:
+            merged[key] = value
+    defaults = StudyConfig()
+    for key in ("meta", "finetune"):
+        merged[key] = {**getattr(defaults, key), **merged.get(key, {})}
+    try:
+        return StudyConfig.from_dict(merged)
+    except TypeError as exc:
+        raise ConfigError(f"bad study settings: {exc}") from None
+
+
+__all__ = ["ABLATIONS", "STANDARD_SEEDS", "StudyConfig", "VARIANTS", "run_study"]
