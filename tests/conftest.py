@@ -51,3 +51,18 @@ def corpora_root() -> Path:
     if not (root / "mr").is_dir():
         pytest.fail(f"corpora not found at {root}; set METAFT_CORPORA to the shared data folder")
     return root
+
+
+@pytest.fixture(scope="session")
+def prepared_data(tmp_path_factory, corpora_root) -> Path:
+    """``metaft prepare --group g1 --k 16 --seeds 42`` run once; the output root.
+
+    Use ``prepared_data / "k-shot-cross/g1/16-42"`` and ``prepared_data / "k-shot-single/SST-2/16-42"``.
+    """
+    from metaft.cli import main
+
+    out = tmp_path_factory.mktemp("prepared")
+    argv = ["-q", "prepare", "--group", "g1", "--k", "16", "--seeds", "42"]
+    code = main(argv + ["--corpora", str(corpora_root), "--out", str(out)])
+    assert code == 0, f"metaft prepare failed with exit code {code}"
+    return out

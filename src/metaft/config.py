@@ -54,6 +54,7 @@ class PrepareConfig(_Config):
     group: str | None = "g1"
     domains: tuple[str, ...] = ()
     input: str | None = None  # a user's own multi-domain file (layout TSV or JSONL)
+    test: str | None = None  # with input: the user's test file (default: hold out 20% per domain)
     k: int | None = 16  # None = full pool
     seeds: tuple[int, ...] = STANDARD_SEEDS
     dev_fraction: float = 0.1  # only with k=None
@@ -76,6 +77,7 @@ class TypicalityConfig(_Config):
     max_length: int = 128
     batch_size: int = 64
     trust_remote_code: bool = False
+    use_cache: bool = True  # False re-tokenises and rewrites the feature cache (seed flag --resave_ofrecord)
 
     def __post_init__(self):
         _check(self.pooling in ("mean", "cls", "pooler"), f"pooling must be mean, cls or pooler, got {self.pooling!r}")
@@ -114,6 +116,7 @@ class TrainConfig(_Config):
     train_limit: int | None = None  # seed flag --train_example_num: use at most this many examples
     dev_limit: int | None = None
     test_limit: int | None = None
+    use_cache: bool = True  # False re-tokenises and rewrites the feature cache (seed flag --resave_ofrecord)
 
     def __post_init__(self):
         _check(self.epochs > 0, f"epochs must be positive, got {self.epochs}")
@@ -156,6 +159,7 @@ class FinetuneConfig(TrainConfig):
     learning_rate: float = 1e-5
     head: str = "reinit"  # reinit | keep
     domain: str | None = None  # which domain of the data folder; None = the only one
+    task_name: str | None = None  # names the run (results.json, default output folder) like the seed system
 
     def __post_init__(self):
         super().__post_init__()
