@@ -28,13 +28,16 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 4-layer, H=32 random BERT saved as a standard HF folder (safetensors + WordPiece tokenizer)."""
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel, BertTokenizer
 
     folder = tmp_path_factory.mktemp("tiny-bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(TINY_WORDS)) + list("abcdefghijklmnopqrstuvwxyz")
+    words = sorted(set(TINY_WORDS) | set("abcdefghijklmnopqrstuvwxyz"))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
     vocab_file = folder / "vocab.txt"
     vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tok = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    # transformers 5: ``vocab=`` (not ``vocab_file=``) loads the word list; the latter keeps only specials
+    tok = BertTokenizer(vocab=str(vocab_file), do_lower_case=True)
+    assert len(tok.get_vocab()) == len(vocab)
     tok.save_pretrained(folder)
     config = BertConfig(
         vocab_size=len(vocab), hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
