@@ -162,7 +162,7 @@ def run_study(cfg: StudyConfig) -> dict:
     cfg.save(run / "config.json")
     group, domains = _prepare(cfg, run)
     study: dict[str, Any] = {"config": {**cfg.to_dict(), "group": group, "domains": domains},
-                             "machine": machine_info(), "hyperparameter_note": HYPERPARAMETER_NOTE,
+                             "machine": machine_info(), "hyperparameter_note": hyperparameter_note(cfg),
                              "typicality": [], "meta": [], "units": [], "pca": []}
     for seed in cfg.seeds:
         tag = _tag(cfg, seed)
@@ -196,11 +196,15 @@ def run_study(cfg: StudyConfig) -> dict:
     return study
 
 
-HYPERPARAMETER_NOTE = (
-    "the reference few-shot recipe, unchanged (meta stage: 63 epochs, batch 4, lr 5e-5, dev every 100 steps; "
-    "fine-tuning: 64 epochs, batch 2, lr 1e-5, dev every 50 steps); no setting was tuned on a test set. "
-    "Checkpoints are selected on dev sets only. Overrides, if any, are in config.json."
-)
+def hyperparameter_note(cfg: StudyConfig) -> str:
+    """Say which settings the study used and how they were chosen (never on test sets)."""
+    def fmt(d: dict) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "defaults"
+
+    origin = ("the reference few-shot recipe, unchanged" if (cfg.meta, cfg.finetune) ==
+              (SEED_RECIPE_META, SEED_RECIPE_FINETUNE) else "set in config.json")
+    return (f"{origin} (meta stage: {fmt(cfg.meta)}; fine-tuning: {fmt(cfg.finetune)}); no setting was tuned "
+            "on a test set, and every checkpoint is selected on a dev set")
 
 
 def _write_json(path: Path, data: dict) -> None:
