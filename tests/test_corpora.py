@@ -147,8 +147,7 @@ def test_jsonl(tmp_path):
     path = tmp_path / "mine.jsonl"
     path.write_text(
         '{"text": "a  b", "label": 1, "domain": "d1"}\n\n'
-        '{"text": "q", "text_pair": "p", "label": "yes", "domain": "d2"}\n'
-        '{"text": " ", "label": "0", "domain": "d1"}\n',
+        '{"text": "q", "text_pair": "p", "label": "yes", "domain": "d2"}\n',
         encoding="utf-8",
     )
     examples = read_user_file(path)
@@ -160,6 +159,7 @@ def test_jsonl(tmp_path):
         ("{not json}\n", r"bad\.jsonl:1: invalid JSON"),
         ('{"text": "x", "domain": "d"}\n', r"bad\.jsonl:1: 'label' missing"),
         ("[1, 2]\n", r"bad\.jsonl:1: expected a JSON object"),
+        ('{"text": " ", "label": "0", "domain": "d1"}\n', r"bad\.jsonl:1: empty text"),
     ]:
         (tmp_path / "bad.jsonl").write_text(content, encoding="utf-8")
         with pytest.raises(DataError, match=match):

@@ -1,11 +1,16 @@
 """Where models come from: the packaged default encoder, aliases, local folders and hub ids.
 
 Loading is safetensors-only: a folder that holds only pickle weights (``pytorch_model.bin``) is refused,
-and ``trust_remote_code`` stays off unless the caller asks for it.
+and ``trust_remote_code`` stays off unless the caller asks for it (``--trust-remote-code``). Without it, a
+model whose config maps to its own Python code (``auto_map``) is refused with one line saying so (a
+tokenizer with ``auto_map`` loads from its ``tokenizer.json`` without running that code). Every loading
+problem (missing folder, a file instead of a folder, no or unparsable ``config.json``, an id that is not in
+the local hub cache, broken weights) is a one-line :class:`ConfigError`, never a traceback.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -41,6 +46,12 @@ def resolve_model(name_or_path: str | Path) -> str:
             raise ConfigError(f"{path}: a model must be a folder (config.json + weights), not a file")
         if not (path / "config.json").is_file():
             raise ConfigError(f"{path}: not a model folder (no config.json)")
+        try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ConfigError(f"{path}/config.json: cannot read it as JSON ({_one_line(exc)})") from None
+        if not isinstance(config, dict):
+            raise ConfigError(f"{path}/config.json: expected a JSON object")
         weights = list(path.glob("*.safetensors"))
         if not weights and (list(path.glob("*.bin")) or list(path.glob("*.pt"))):
             raise ConfigError(
@@ -54,14 +65,33 @@ def resolve_model(name_or_path: str | Path) -> str:
     return name  # a hub id; transformers resolves it (from the local cache when offline)
 
 
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _load_error(name_or_path, what: str, exc: BaseException, trust_remote_code: bool) -> ConfigError:
+    """transformers' (often multi-line) loading errors as one line; custom code gets its own message."""
+    if not trust_remote_code and "trust_remote_code" in str(exc):
+        return ConfigError(
+            f"{name_or_path}: this model needs its own Python code (auto_map in its config), and metaft runs "
+            "no model code unless you pass --trust-remote-code; do that only for a model you trust"
+        )
+    if isinstance(exc, OSError) and not Path(str(name_or_path)).expanduser().exists():
+        return ConfigError(
+            f"{name_or_path}: not a local model folder, and the hub could not provide it ({_one_line(exc)})"
+        )
+    return ConfigError(f"{name_or_path}: cannot load {what} ({_one_line(exc)})")
+
+
 def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     source = resolve_model(name_or_path)
     try:
         return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise ConfigError(f"{name_or_path}: cannot load tokenizer ({exc})") from None
+    except (OSError, ValueError) as exc:
+        raise _load_error(name_or_path, "tokenizer", exc, trust_remote_code) from None
 
 
 def load_encoder(name_or_path: str | Path, trust_remote_code: bool = False):
@@ -71,5 +101,5 @@ def load_encoder(name_or_path: str | Path, trust_remote_code: bool = False):
     source = resolve_model(name_or_path)
     try:
         return AutoModel.from_pretrained(source, use_safetensors=True, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise ConfigError(f"{name_or_path}: cannot load model ({exc})") from None
+    except (OSError, ValueError) as exc:
+        raise _load_error(name_or_path, "model", exc, trust_remote_code) from None

@@ -20,6 +20,25 @@ Rules, per domain:
   copies; k-shot sampling uses the pool deduplicated by normalised text (first copy in file order).
 * **k-shot**: ``random.Random(seed)`` shuffles the deduplicated pool; the first K examples of each label
   are train, the next K of each label dev. **full**: the whole pool, a seeded ``dev_fraction`` dev split.
+
+Checks (every failure is one ``file[:line]: problem`` line and exit code 2 from the CLI):
+
+* **Labels**: every domain needs at least 2 labels (an error names the domain and its only label), the
+  domains of a group need the same label set, and every label of a test set must occur in its domain's
+  pool. For ``--input`` these name the line: a label of the input that another domain lacks names its
+  first line in the input; a ``--test`` label absent from its domain's pool names the test file's line.
+  A label whose few examples all went to the held-out test set (or, with ``--k full``, all to dev) is an
+  error too.
+* **--input duplicates**: repeated texts within a domain are kept (see *Duplicates*) with one counted
+  warning; repeats with a *different* label get their own counted warning (the first copy's label wins
+  for k-shot sampling). Pool texts that are also in a test set (``--test`` or another domain's hold-out)
+  are dropped from the pool as for registered domains, with a counted warning.
+* **--input without --test**: a domain too small to hold out any test example is an error.
+* **--test**: needs ``--input``; every domain of the input needs test examples, and a test domain that
+  is not in the input is an error naming its line. Empty files, bad lines, encodings: see
+  :mod:`metaft.corpora`.
+* **Output**: a folder that cannot be written (``--out`` under a file, no permission) is a one-line
+  error, not a traceback.
 """
 
 from __future__ import annotations
@@ -42,7 +61,7 @@ from .corpora import (
     corpora_root,
     lookup_domain,
     lookup_group,
-    read_user_file,
+    read_user_rows,
     write_mft_tsv,
 )
 from .errors import ConfigError, DataError
@@ -221,34 +240,173 @@ def _load_registered(names: list[str], root: Path) -> list[DomainData]:
 
 
 def _load_input(config: PrepareConfig) -> list[DomainData]:
-    """The domains of a user's file; every domain's test texts are removed from every pool."""
+    """The domains of a user's file; every domain's test texts are removed from every pool.
+
+    Checks that name a line of the user's files (see the module docstring for the rules).
+    """
     path = Path(config.input)
-    examples = read_user_file(path)
+    rows = read_user_rows(path)
+    if not rows:
+        raise DataError(path, "no examples (only blank lines)")
+    examples = [ex for _, ex in rows]
     names = list(dict.fromkeys(ex.domain for ex in examples))
-    if not names:
-        raise DataError(path, "no examples")
     missing = [d for d in config.domains if d not in names]
     if missing:
         raise ConfigError(f"{path} has no domain {', '.join(missing)}; its domains: {', '.join(names)}")
-    tests = read_user_file(config.test) if config.test else []
+    first_line = {}
+    for lineno, ex in rows:
+        first_line.setdefault(ex.domain, lineno)
+    for name in names:
+        if not _SAFE_NAME.fullmatch(name):
+            raise DataError(
+                path,
+                f"domain name {name!r} cannot be a folder name (use letters, digits, . _ + -)",
+                first_line[name],
+            )
+    test_path = Path(config.test) if config.test else None
+    test_rows = read_user_rows(test_path) if test_path else []
+    if test_path and not test_rows:
+        raise DataError(test_path, "no examples (only blank lines)")
+    tests = [ex for _, ex in test_rows]
+    selected = [n for n in names if not config.domains or n in config.domains]
+    _warn_duplicates(path, rows, selected)
     out = []
     for name in names:
-        _check_name(name, "domain")
         pool = [ex for ex in examples if ex.domain == name]
         sources = {path.name: _sha256(path)}
-        if config.test:
+        if test_path:
             test = [ex for ex in tests if ex.domain == name]
             if not test:
-                raise DataError(config.test, f"no test examples of domain {name!r}")
-            sources[Path(config.test).name] = _sha256(Path(config.test))
-            rule = f"test file {Path(config.test).name}"
+                raise DataError(test_path, f"no test examples of domain {name!r}")
+            sources[test_path.name] = _sha256(test_path)
+            rule = f"test file {test_path.name}"
         else:
             n = round(INPUT_TEST_FRACTION * len(pool))
             pool, test = hold_out(pool, n, random.Random(HOLDOUT_SEED))
             rule = f"{INPUT_TEST_FRACTION:.0%} ({n}) held out with seed {HOLDOUT_SEED}"
+            if not test:
+                raise DataError(
+                    path,
+                    f"domain {name!r}: no test set could be held out of its {len(pool)} example(s) "
+                    f"({INPUT_TEST_FRACTION:.0%}, whole groups of repeated texts); add examples or give --test",
+                )
         out.append(DomainData(name, pool, test, rule, sources))
+    for lineno, ex in test_rows:
+        if ex.domain not in names:
+            raise DataError(
+                test_path,
+                f"domain {ex.domain!r} is not in {path.name} (its domains: {', '.join(names)})",
+                lineno,
+            )
     _without_test_texts(out, {d.name: {_key(ex) for ex in d.test} for d in out})
-    return [d for d in out if not config.domains or d.name in config.domains]
+    out = [d for d in out if d.name in selected]
+    dropped = {d.name: sum(d.dropped.values()) for d in out if d.dropped}
+    if dropped:
+        logger.warning(
+            "%s: dropped %d pool example(s) whose text is also in a test set (%s); the test copies stay",
+            path,
+            sum(dropped.values()),
+            ", ".join(f"{d} {n}" for d, n in dropped.items()),
+        )
+    _check_input_labels(path, rows, test_path, test_rows, out)
+    return out
+
+
+def _warn_duplicates(path: Path, rows: list[tuple[int, Example]], domains: list[str]) -> None:
+    """One counted warning for repeated texts in a domain, one for texts repeated with another label."""
+    first: dict[tuple[str, str], tuple[int, str]] = {}
+    repeats, conflicts = [], []
+    for lineno, ex in rows:
+        if ex.domain not in domains:
+            continue
+        key = (ex.domain, _key(ex))
+        if key not in first:
+            first[key] = (lineno, ex.label)
+            continue
+        repeats.append(lineno)
+        if ex.label != first[key][1]:
+            conflicts.append(f"{lineno} vs {first[key][0]}")
+    if repeats:
+        logger.warning(
+            "%s: %d line(s) repeat an earlier text of their domain (lines %s); copies stay together in one "
+            "split and k-shot sampling uses the first copy",
+            path,
+            len(repeats),
+            _first(repeats),
+        )
+    if conflicts:
+        logger.warning(
+            "%s: %d repeated text(s) have another label than their first copy (lines %s); the first "
+            "copy's label is used for k-shot sampling",
+            path,
+            len(conflicts),
+            _first(conflicts),
+        )
+
+
+def _first(items: list, n: int = 5) -> str:
+    return ", ".join(map(str, items[:n])) + (" ..." if len(items) > n else "")
+
+
+def _check_input_labels(
+    path: Path,
+    rows: list[tuple[int, Example]],
+    test_path: Path | None,
+    test_rows: list[tuple[int, Example]],
+    domains: list[DomainData],
+) -> None:
+    """Every test label occurs in its domain's pool, and every domain has the same label set."""
+    pool_labels = {d.name: {ex.label for ex in d.pool} for d in domains}
+    if test_path:
+        for lineno, ex in test_rows:
+            if ex.domain in pool_labels and ex.label not in pool_labels[ex.domain]:
+                raise DataError(
+                    test_path,
+                    f"label {ex.label!r} of domain {ex.domain!r} does not occur in its training pool "
+                    f"({path.name}: {', '.join(sort_labels(pool_labels[ex.domain])) or 'none'})",
+                    lineno,
+                )
+    else:
+        for d in domains:
+            only_test = sort_labels({ex.label for ex in d.test} - pool_labels[d.name])
+            if only_test:
+                label = only_test[0]
+                n = sum(ex.label == label for ex in d.test)
+                raise DataError(
+                    path,
+                    f"label {label!r} of domain {d.name!r}: all its {n} example(s) went to the held-out test "
+                    "set and none is left for training; add examples of it or give a --test file",
+                )
+    _check_label_counts(domains, path)
+    kept = {ex.uid for d in domains for ex in d.pool}
+    for lineno, ex in rows:
+        if ex.uid not in kept:
+            continue
+        lacking = [d for d in domains if ex.label not in pool_labels[d.name]]
+        if lacking:
+            other = lacking[0].name
+            raise DataError(
+                path,
+                f"label {ex.label!r} (domain {ex.domain!r}) is not a label of domain {other!r} "
+                f"({', '.join(sort_labels(pool_labels[other]))}); every domain of a group needs the same labels",
+                lineno,
+            )
+
+
+def _check_label_counts(domains: list[DomainData], source: Path | None = None) -> None:
+    """Every domain needs at least two labels (an error names the domain and its only label)."""
+    for d in domains:
+        labels = d.labels
+        if len(labels) < 2:
+            problem = (
+                f"domain {d.name!r} has only one label ({labels[0]!r}) in its pool and test set; "
+                "a classification domain needs at least 2"
+                if labels
+                else f"domain {d.name!r} has no examples"
+            )
+            if source is None:
+                raise ConfigError(problem)
+            raise DataError(source, problem)
 
 
 def _check_name(name: str, what: str) -> None:
@@ -262,6 +420,8 @@ def resolve_group(config: PrepareConfig) -> tuple[str, list[DomainData]]:
     With ``domains`` (or ``input``) a custom ``group`` names the group; a predefined group name is kept only
     when its domains match, otherwise the name is the domains joined by ``+`` (or the input file's stem).
     """
+    if config.test and not config.input:
+        raise ConfigError("--test needs --input (registered domains have fixed test sets)")
     known = {g.lower() for g in GROUPS}
     custom = config.group if config.group and config.group.lower() not in known else None
     if config.input:
@@ -287,6 +447,14 @@ def resolve_group(config: PrepareConfig) -> tuple[str, list[DomainData]]:
             "nothing to prepare: give a group (--group), domains (--domains) or a file (--input)"
         )
     _check_name(name, "group")
+    _check_label_counts(domains)
+    for d in domains:
+        only_test = sort_labels({ex.label for ex in d.test} - {ex.label for ex in d.pool})
+        if only_test:
+            raise ConfigError(
+                f"domain {d.name}: label {only_test[0]!r} occurs only in its test set ({d.test_rule}), "
+                "not in the training pool"
+            )
     label_sets = {d.name: d.labels for d in domains}
     if len({tuple(v) for v in label_sets.values()}) > 1:
         detail = "; ".join(f"{d} {labels}" for d, labels in label_sets.items())
@@ -305,6 +473,13 @@ def _counts(splits: dict[str, list[Example]], domains: list[str], labels: list[s
 
 def _write_folder(folder: Path, splits: dict[str, list[Example]], manifest: dict) -> Path:
     """Write ``<split>.tsv`` files and a deterministic ``manifest.json`` (no timestamps) into ``folder``."""
+    try:
+        return _write_files(folder, splits, manifest)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {folder} ({exc.strerror or exc}); check --out") from None
+
+
+def _write_files(folder: Path, splits: dict[str, list[Example]], manifest: dict) -> Path:
     files = {}
     for split, examples in splits.items():
         path = write_mft_tsv(folder / f"{split}.tsv", examples)
@@ -330,6 +505,10 @@ def prepare(config: PrepareConfig) -> list[Path]:
         for domain in domains:
             unique[domain.name] = dedupe(domain.pool)
             _check_k(domain, unique[domain.name], config.k)
+    else:  # check every seed before writing anything
+        for seed in config.seeds:
+            for domain in domains:
+                _check_full_train(domain, full_split(domain.pool, config.dev_fraction, seed)[0], seed)
     out = Path(config.out)
     written: list[Path] = []
     for seed in config.seeds:
@@ -374,6 +553,17 @@ def prepare(config: PrepareConfig) -> list[Path]:
             _write_folder(out / "k-shot-cross" / group / tag, {"train": train_all, "dev": dev_all}, meta)
         )
     return written
+
+
+def _check_full_train(domain: DomainData, train: list[Example], seed: int) -> None:
+    """``--k full``: a label whose few pool examples all went to dev would be unlearnable."""
+    missing = [lab for lab in domain.labels if lab not in {ex.label for ex in train}]
+    if missing:
+        n = len(dedupe([ex for ex in domain.pool if ex.label == missing[0]]))
+        raise ConfigError(
+            f"--k full, seed {seed}: label {missing[0]!r} of domain {domain.name} has {n} distinct pool "
+            "example(s) and none went to train; add examples of it or lower --dev-fraction"
+        )
 
 
 def _removed(domain: DomainData) -> dict:
