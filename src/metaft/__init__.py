@@ -10,7 +10,8 @@ from .errors import ConfigError, DataError, MetaftError  # noqa: E402
 from .splits import prepare  # noqa: E402
 
 # stages that need torch load on first use, so `import metaft` and `metaft --help` stay fast
-_LAZY = {"compute_typicality": "typicality", "load_scores": "typicality"}
+_LAZY = {"compute_typicality": "typicality", "load_scores": "typicality", "meta_finetune": "stages",
+         "finetune": "stages"}
 
 
 def __getattr__(name: str):
@@ -31,7 +32,9 @@ __all__ = [
     "PrepareConfig",
     "TypicalityConfig",
     "compute_typicality",
+    "finetune",
     "load_scores",
+    "meta_finetune",
     "prepare",
     "read_mft_tsv",
     "write_mft_tsv",

@@ -116,7 +116,7 @@ class TrainConfig(_Config):
     train_limit: int | None = None  # seed flag --train_example_num: use at most this many examples
     dev_limit: int | None = None
     test_limit: int | None = None
-    use_cache: bool = True  # False re-tokenises and rewrites the feature cache (seed flag --resave_ofrecord)
+    use_cache: bool = True  # False: tokenise afresh, bypassing the feature cache (seed flag --resave_ofrecord)
 
     def __post_init__(self):
         _check(self.epochs > 0, f"epochs must be positive, got {self.epochs}")

@@ -1,0 +1,386 @@
+"""The one training loop of stages 2 and 3, built on ``accelerate``.
+
+AdamW (weight decay on matrices only, not on biases or LayerNorm), 10 % linear warm-up then linear decay
+to 0, gradient-norm clipping, dynamic padding, dev evaluation every N steps and at the end, the best
+checkpoint (dev accuracy; ties keep the earlier) written atomically, a resumable training state at every
+evaluation, and every logged value appended to ``metrics.jsonl``.
+
+Determinism: the batches of step s come from a permutation seeded by (seed, epoch), the loss gets the
+step index (stage 2 derives its domain-permutation generator from (seed, step)), and dropout runs on a
+forked RNG seeded from the run seed whose state is saved with the training state. A resumed run on CPU
+therefore ends with the same weights and metrics as an uninterrupted one. The caller's global RNG is
+never reseeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, MetaftError
+from .features import Collator, EncodedDataset
+from .modeling import recover_folder, save_atomic
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+STATE_DIR = "state"
+
+LossFn = Callable[[nn.Module, dict, int], dict]  # (model, batch, step) -> {"total": scalar, ...parts}
+LogitsFn = Callable[[nn.Module, dict], torch.Tensor]  # (model, batch) -> logits [B, C]
+SaveFn = Callable[[nn.Module, Path], None]  # writes an unwrapped model into a folder
+
+
+@dataclass
+class LoopTask:
+    """What the loop trains: the model, the data and the stage-specific functions."""
+
+    model: nn.Module
+    train_set: EncodedDataset
+    dev_set: EncodedDataset
+    labels: list[str]
+    loss_fn: LossFn
+    logits_fn: LogitsFn
+    save_fn: SaveFn
+    best_name: Callable[[float], str] = lambda accuracy: "best"  # folder name of the best checkpoint
+
+
+@dataclass
+class TrainResult:
+    best_accuracy: float
+    best_step: int
+    best_dir: Path
+    best_dev: dict
+    total_steps: int
+    wall_time_s: float
+    resumed_from: int | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------ seeds and RNG
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed derived from the parts (stable across runs, machines and Python versions)."""
+    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator of training step ``step`` (e.g. for stage 2's per-layer domain permutations)."""
+    return torch.Generator().manual_seed(derive_seed(seed, "step", step))
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block on a forked global RNG seeded with ``seed``; the caller's RNG state is restored after."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
+    generator = torch.Generator().manual_seed(derive_seed(seed, "shuffle", epoch))
+    return torch.randperm(n, generator=generator).tolist()
+
+
+def planned_steps(num_examples: int, batch_size: int, epochs: float, num_processes: int | None = None) -> int:
+    """Optimiser steps of a run: ceil(n / global batch) per epoch times ``epochs`` (which may be fractional)."""
+    if num_processes is None:
+        num_processes = process_state().num_processes
+    return max(1, math.ceil(math.ceil(num_examples / (batch_size * num_processes)) * epochs))
+
+
+def step_batch(perm: list[int], pos: int, batch_size: int, world: int = 1, rank: int = 0) -> list[int]:
+    """This process's example indices of the ``pos``-th global batch (batch_size per process)."""
+    chunk = perm[pos * batch_size * world:(pos + 1) * batch_size * world]
+    mine = chunk[rank::world]
+    return mine or chunk[rank % len(chunk):][:1]  # a short last batch: no process may go empty (DDP)
+
+
+# ------------------------------------------------------------------------------------ optimiser, accelerator
+
+def resolve_mixed_precision(setting: str) -> str:
+    """``auto`` = bf16 on a CUDA device that supports it, otherwise no mixed precision."""
+    if setting != "auto":
+        return setting
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _cpu_processes() -> bool:
+    """Several processes (torchrun / accelerate launch) on a machine without a GPU: DDP over gloo."""
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def make_accelerator(mixed_precision: str = "auto"):
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    # the scheduler is stepped by hand once per optimiser step: its length is already in global steps
+    return Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision), cpu=_cpu_processes(),
+                       step_scheduler_with_optimizer=False,
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+def build_optimizer(model: nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW; weight decay on weight matrices and embeddings only (no decay on biases or LayerNorm)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate)
+
+
+def build_scheduler(optimizer, total_steps: int, warmup_ratio: float):
+    from transformers import get_linear_schedule_with_warmup
+
+    return get_linear_schedule_with_warmup(optimizer, math.ceil(total_steps * warmup_ratio), total_steps)
+
+
+# -------------------------------------------------------------------------------------------- evaluation
+
+def classification_metrics(preds: torch.Tensor, golds: torch.Tensor, labels: list[str]) -> dict:
+    """Accuracy, macro-F1 (over labels seen in gold or predictions) and per-label counts. preds, golds [N]."""
+    per_label, f1s = {}, []
+    for i, name in enumerate(labels):
+        support, predicted = int((golds == i).sum()), int((preds == i).sum())
+        correct = int(((golds == i) & (preds == i)).sum())
+        per_label[name] = {"support": support, "correct": correct, "predicted": predicted}
+        if support or predicted:
+            f1s.append(2 * correct / (support + predicted))
+    n = int(golds.numel())
+    accuracy = float((preds == golds).sum()) / n if n else 0.0
+    return {"accuracy": accuracy, "macro_f1": sum(f1s) / len(f1s) if f1s else 0.0, "n": n,
+            "per_label": per_label}
+
+
+def eval_loader(dataset: EncodedDataset, batch_size: int, accelerator, pad_to_multiple_of: int = 8):
+    """A non-shuffled, accelerate-prepared loader (each process gets its share; see gather_for_metrics)."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         collate_fn=Collator(dataset.pad_id, pad_to_multiple_of))
+    return accelerator.prepare(loader)
+
+
+def evaluate(model: nn.Module, loader, logits_fn: LogitsFn, accelerator, labels: list[str]) -> dict:
+    """Classification metrics of ``model`` on all examples of ``loader`` (no duplicates under DDP)."""
+    was_training = model.training
+    model.eval()
+    preds, golds = [], []
+    with torch.inference_mode():
+        for batch in loader:
+            with accelerator.autocast():
+                logits = logits_fn(model, batch)  # [B, C]
+            p, y = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"]))
+            preds.append(p.cpu())
+            golds.append(y.cpu())
+    model.train(was_training)
+    return classification_metrics(torch.cat(preds), torch.cat(golds), labels)
+
+
+# ------------------------------------------------------------------------------------- processes, metrics
+
+def process_state():
+    """accelerate's view of this process (rank, number of processes); one process without a launcher."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=_cpu_processes())
+
+
+def append_metrics(run_dir: Path, record: dict) -> None:
+    with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def _truncate_metrics(run_dir: Path, step: int) -> None:
+    """On resume, drop records logged after the saved state (they will be logged again)."""
+    path = run_dir / METRICS_FILE
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by the kill
+    path.write_text("".join(kept), encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------ train state
+
+def save_state(folder: Path, model: nn.Module, optimizer, scheduler, info: dict) -> None:
+    """Everything needed to continue: weights (safetensors), optimiser/scheduler/RNG (tensors only)."""
+    from safetensors.torch import save_model
+
+    save_model(model, str(folder / "model.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+               folder / "optimizer.pt")
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, folder / "rng.pt")
+    (folder / "trainer_state.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def load_state(folder: Path, model: nn.Module, optimizer, scheduler) -> dict:
+    """Restore :func:`save_state`'s files (no unpickling: ``weights_only=True``); returns the info dict."""
+    from safetensors.torch import load_model
+
+    load_model(model, str(folder / "model.safetensors"), strict=True)
+    opt = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
+    optimizer.load_state_dict(opt["optimizer"])
+    scheduler.load_state_dict(opt["scheduler"])
+    rng = torch.load(folder / "rng.pt", weights_only=True, map_location="cpu")
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+def train(task: LoopTask, cfg, run_dir: Path, resume: bool = False) -> TrainResult:
+    """Train ``task.model`` with the settings of ``cfg`` (a TrainConfig); checkpoints go into ``run_dir``."""
+    accelerator = make_accelerator(cfg.mixed_precision)
+    with seeded(derive_seed(cfg.seed, "train")):
+        return _Loop(task, cfg, Path(run_dir), accelerator).run(resume)
+
+
+class _Loop:
+    def __init__(self, task: LoopTask, cfg, run_dir: Path, accelerator):
+        self.task, self.cfg, self.run_dir, self.acc = task, cfg, run_dir, accelerator
+        self.raw = task.model  # the unwrapped model: state dicts and saving
+        n, world = len(task.train_set), accelerator.num_processes
+        if n == 0:
+            raise MetaftError("no training examples")
+        self.steps_per_epoch = math.ceil(n / (cfg.batch_size * world))
+        self.total_steps = planned_steps(n, cfg.batch_size, cfg.epochs, world)
+        optimizer = build_optimizer(self.raw, cfg.learning_rate, cfg.weight_decay)
+        self.scheduler = build_scheduler(optimizer, self.total_steps, cfg.warmup_ratio)
+        model = torch.compile(self.raw) if cfg.compile else self.raw
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.dev_loader = eval_loader(task.dev_set, cfg.eval_batch_size, accelerator, cfg.pad_to_multiple_of)
+        self.collate = Collator(task.train_set.pad_id, cfg.pad_to_multiple_of)
+        self.step, self.elapsed0, self.history = 0, 0.0, []
+        self.best = {"accuracy": -1.0, "step": 0, "name": None, "dev": {}}
+        self._perm: tuple[int, list[int]] | None = None
+
+    # -- bookkeeping
+    def _info(self) -> dict:
+        return {"step": self.step, "total_steps": self.total_steps, "best": self.best,
+                "elapsed_s": self._elapsed(), "history": self.history,
+                "num_processes": self.acc.num_processes}
+
+    def _elapsed(self) -> float:
+        return self.elapsed0 + time.monotonic() - self.t0
+
+    def _restore(self) -> int | None:
+        folder = self.run_dir / STATE_DIR
+        recover_folder(folder)
+        if not (folder / "trainer_state.json").is_file():
+            logger.info("no saved training state in %s yet: starting from the beginning", self.run_dir)
+            return None
+        info = load_state(folder, self.raw, self.optimizer, self.scheduler)
+        if info["total_steps"] != self.total_steps or info["num_processes"] != self.acc.num_processes:
+            raise ConfigError(f"{self.run_dir}: the saved state has {info['total_steps']} steps on "
+                              f"{info['num_processes']} process(es); this run has {self.total_steps} on "
+                              f"{self.acc.num_processes}: resume with the same setup or use --force")
+        self.step, self.best, self.history = info["step"], info["best"], info["history"]
+        self.elapsed0 = info["elapsed_s"]
+        logger.info("resuming %s at step %d of %d", self.run_dir, self.step, self.total_steps)
+        return self.step
+
+    def _batch(self, step: int) -> dict[str, torch.Tensor]:
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, epoch_permutation(len(self.task.train_set), self.cfg.seed, epoch))
+        idx = step_batch(self._perm[1], pos, self.cfg.batch_size, self.acc.num_processes, self.acc.process_index)
+        batch = self.collate([self.task.train_set[i] for i in idx])
+        return {k: v.to(self.acc.device) for k, v in batch.items()}
+
+    def _should_eval(self, done: int) -> bool:
+        every = self.cfg.eval_every or self.steps_per_epoch
+        return done % every == 0 or done == self.total_steps
+
+    # -- one step, one evaluation
+    def _train_step(self) -> dict[str, float]:
+        batch = self._batch(self.step)
+        with self.acc.autocast():
+            parts = self.task.loss_fn(self.model, batch, self.step)
+        loss = parts["total"]
+        if not torch.isfinite(loss.detach()):
+            raise MetaftError(f"the loss is {loss.item()} at step {self.step + 1}: lower the learning rate "
+                              "or turn mixed precision off (--mixed-precision no)")
+        self.acc.backward(loss)
+        if self.cfg.max_grad_norm > 0:
+            self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"lr": lr, **{f"loss_{k}": float(v.detach()) for k, v in parts.items()}}
+
+    def _evaluate_and_checkpoint(self) -> dict:
+        dev = evaluate(self.model, self.dev_loader, self.task.logits_fn, self.acc, self.task.labels)
+        if dev["accuracy"] > self.best["accuracy"]:  # ties keep the earlier checkpoint
+            self._save_best(dev)
+        record = {"kind": "dev", "step": self.step, "epoch": self.step / self.steps_per_epoch,
+                  "dev_accuracy": dev["accuracy"], "dev_macro_f1": dev["macro_f1"],
+                  "best_dev_accuracy": self.best["accuracy"], "best_step": self.best["step"],
+                  "elapsed_s": round(self._elapsed(), 3)}
+        self.history.append({k: record[k] for k in ("step", "dev_accuracy", "dev_macro_f1")})
+        if self.acc.is_main_process:
+            append_metrics(self.run_dir, record)
+            save_atomic(lambda d: save_state(d, self.raw, self.optimizer, self.scheduler, self._info()),
+                        self.run_dir / STATE_DIR)
+        self.acc.wait_for_everyone()
+        logger.info("step %d/%d: dev accuracy %.4f, macro-F1 %.4f (best %.4f at step %d)", self.step,
+                    self.total_steps, dev["accuracy"], dev["macro_f1"], self.best["accuracy"], self.best["step"])
+        return dev
+
+    def _save_best(self, dev: dict) -> None:
+        name, previous = self.task.best_name(dev["accuracy"]), self.best["name"]
+        if self.acc.is_main_process:
+            save_atomic(lambda d: self.task.save_fn(self.raw, d), self.run_dir / name)
+            if previous and previous != name:
+                shutil.rmtree(self.run_dir / previous, ignore_errors=True)
+        self.best = {"accuracy": dev["accuracy"], "step": self.step, "name": name,
+                     "dev": {k: dev[k] for k in ("accuracy", "macro_f1", "n")}}
+
+    def run(self, resume: bool) -> TrainResult:
+        self.t0 = time.monotonic()
+        resumed_from = self._restore() if resume else None
+        if resume and self.acc.is_main_process:
+            _truncate_metrics(self.run_dir, self.step)
+        self.model.train()
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.run_dir.name, dynamic_ncols=True,
+                   disable=None if self.acc.is_local_main_process else True)
+        while self.step < self.total_steps:
+            logged = self._train_step()
+            self.step += 1
+            if self.acc.is_main_process:
+                append_metrics(self.run_dir, {"kind": "train", "step": self.step,
+                                              "epoch": self.step / self.steps_per_epoch,
+                                              "elapsed_s": round(self._elapsed(), 3), **logged})
+            bar.update(1)
+            bar.set_postfix(loss=f"{logged['loss_total']:.4f}", dev=f"{max(self.best['accuracy'], 0):.4f}")
+            if self._should_eval(self.step):
+                self._evaluate_and_checkpoint()
+        bar.close()
+        return TrainResult(self.best["accuracy"], self.best["step"], self.run_dir / self.best["name"],
+                           self.best["dev"], self.total_steps, self._elapsed(), resumed_from, self.history)

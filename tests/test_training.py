@@ -1,0 +1,268 @@
+"""The training loop: batches, schedule, metrics, best checkpoint, run folders, resume and safe saves."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from metaft.config import FinetuneConfig
+from metaft.corpora import Example, write_mft_tsv
+from metaft.errors import ConfigError
+
+WORDS = {"neg": "bad terrible awful hate boring broke slow".split(),
+         "neu": "question answer what who where when how why".split(),
+         "pos": "great good love nice fine works fast".split()}
+FILL = "the a an is was it this that of to and very really i".split()
+
+
+# ------------------------------------------------------------------------------------- shared test helpers
+
+def synthetic(n: int, domains: list[str], seed: int) -> list[Example]:
+    """An easy 3-class task: two class words among 2-6 filler words."""
+    rng, out = random.Random(seed), []
+    for i in range(n):
+        label, domain = sorted(WORDS)[i % 3], domains[(i // 3) % len(domains)]
+        words = rng.sample(WORDS[label], 2) + rng.sample(FILL, rng.randint(2, 6))
+        rng.shuffle(words)
+        out.append(Example(f"u{seed}-{i}", " ".join(words), label, domain))
+    return out
+
+
+def write_task(folder: Path, n_train=48, n_dev=24, n_test=30, domains=("book",), seed=0) -> Path:
+    write_mft_tsv(folder / "train.tsv", synthetic(n_train, list(domains), seed))
+    write_mft_tsv(folder / "dev.tsv", synthetic(n_dev, list(domains), seed + 1))
+    if n_test:
+        write_mft_tsv(folder / "test.tsv", synthetic(n_test, list(domains), seed + 2))
+    return folder
+
+
+def ft_config(data: Path, model: Path, out: Path, **kw) -> FinetuneConfig:
+    settings = dict(data_dir=str(data), model=str(model), out=str(out), epochs=10, batch_size=8,
+                    eval_batch_size=16, learning_rate=5e-3, eval_every=5, seed=3)
+    return FinetuneConfig(**{**settings, **kw})
+
+
+def weights_of(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = weights_of(a), weights_of(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def metrics_without_time(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]
+
+
+def comparable(results: dict) -> dict:
+    drop = ("timings", "config", "best_model", "resumed_from")
+    return {k: v for k, v in results.items() if k not in drop}
+
+
+@pytest.fixture(scope="session")
+def single(tmp_path_factory) -> Path:
+    return write_task(tmp_path_factory.mktemp("single"))
+
+
+@pytest.fixture(scope="session")
+def reference_run(tiny_model_dir, single, tmp_path_factory) -> tuple[Path, dict]:
+    """One uninterrupted fine-tuning run that the other tests compare against."""
+    from metaft.stages import finetune
+
+    out = tmp_path_factory.mktemp("ref") / "run"
+    return out, finetune(ft_config(single, tiny_model_dir, out))
+
+
+# ----------------------------------------------------------------------------------------------- units
+
+def test_batches_cover_each_epoch_once_and_differ_between_epochs():
+    from metaft.training import epoch_permutation, planned_steps, step_batch
+
+    perm0, perm1 = epoch_permutation(10, 7, 0), epoch_permutation(10, 7, 1)
+    assert perm0 == epoch_permutation(10, 7, 0) and perm0 != perm1
+    batches = [step_batch(perm0, pos, 4) for pos in range(3)]
+    assert sorted(sum(batches, [])) == list(range(10)) and [len(b) for b in batches] == [4, 4, 2]
+    # two processes: disjoint shares of the same global batch, none empty on a short last batch
+    assert sorted(step_batch(perm0, 0, 2, 2, 0) + step_batch(perm0, 0, 2, 2, 1)) == sorted(perm0[:4])
+    assert step_batch(perm0, 1, 3, 3, 2) == [perm0[9]]  # global batch 9: the last one has one example
+    assert planned_steps(96, 4, 63, 1) == 1512 and planned_steps(10, 4, 0.5, 1) == 2
+
+
+def test_metrics_and_optimizer_groups():
+    from metaft.training import build_optimizer, build_scheduler, classification_metrics
+
+    m = classification_metrics(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 1]), ["a", "b", "c"])
+    assert m["accuracy"] == 0.5 and m["n"] == 4
+    assert m["per_label"]["b"] == {"support": 3, "correct": 1, "predicted": 1}
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.5 + 0.0) / 3)
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    opt = build_optimizer(model, 1e-3, 0.01)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.01 and len(decay["params"]) == 1  # only the Linear weight
+    assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) == 3
+    sched, lrs = build_scheduler(opt, 20, 0.1), []
+    for _ in range(20):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0.0 and max(lrs) == pytest.approx(1e-3) and lrs.index(max(lrs)) == 2
+    assert sched.get_last_lr()[0] == 0.0
+
+
+def test_seeded_leaves_the_global_rng_alone():
+    from metaft.training import seeded
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    with seeded(5):
+        inside = torch.rand(3)
+    assert torch.equal(torch.rand(3), expected)
+    with seeded(5):
+        assert torch.equal(torch.rand(3), inside)
+
+
+# ----------------------------------------------------------------------------------------- the loop runs
+
+def test_finetune_learns_logs_and_keeps_the_best(reference_run):
+    from transformers import pipeline
+
+    run, res = reference_run
+    assert res["test_accuracy"] > 0.6 and res["best_dev_accuracy"] > 0.6  # chance is 1/3
+    rows = metrics_without_time(run)
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    dev_rows = [r for r in rows if r["kind"] == "dev"]
+    assert len(train_rows) == res["total_steps"] == 60
+    assert {"step", "epoch", "lr", "loss_cls", "loss_total"} <= set(train_rows[0])
+    assert train_rows[-1]["loss_total"] < train_rows[0]["loss_total"]
+    assert [r["step"] for r in dev_rows] == list(range(5, 61, 5))
+    accs = [r["dev_accuracy"] for r in dev_rows]
+    first_best = dev_rows[accs.index(max(accs))]  # ties keep the earlier checkpoint
+    assert res["best_step"] == first_best["step"] and res["best_dev_accuracy"] == max(accs)
+    assert {"dev_macro_f1", "best_dev_accuracy", "epoch"} <= set(dev_rows[0])
+    assert sum(c["support"] for c in res["test"]["per_label"].values()) == res["num_examples"]["test"] == 30
+    assert not (run / "state").exists()  # dropped once the run is finished
+    clf = pipeline("text-classification", model=str(run / "best"))
+    assert clf("great good")[0]["label"] in {"neg", "neu", "pos"}
+
+
+def test_existing_run_folders_need_force_or_resume(reference_run, tiny_model_dir, single, tmp_path):
+    from metaft.stages import finetune
+
+    run, res = reference_run
+    cfg = ft_config(single, tiny_model_dir, run)
+    with pytest.raises(ConfigError, match="finished run.*--force"):
+        finetune(cfg)
+    assert finetune(cfg.replace(resume=True)) == res  # finished: nothing to do
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run, unfinished)
+    (unfinished / "results.json").unlink()
+    with pytest.raises(ConfigError, match="unfinished run.*--resume.*--force"):
+        finetune(cfg.replace(out=str(unfinished)))
+    with pytest.raises(ConfigError, match="different settings.*seed"):
+        finetune(cfg.replace(out=str(unfinished), resume=True, seed=4))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a metaft run folder"):
+        finetune(cfg.replace(out=str(tmp_path / "other"), force=True))
+    forced = finetune(cfg.replace(out=str(unfinished), epochs=1, force=True))
+    assert forced["total_steps"] == 6
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(reference_run, tiny_model_dir, single, tmp_path, monkeypatch):
+    import metaft.stages as stages
+
+    ref_run, ref = reference_run
+    real_loss = stages.ce_loss
+
+    def crashing_loss(model, batch, step):
+        if step == 27:  # after the evaluation (and saved state) of step 25
+            raise RuntimeError("simulated crash")
+        return real_loss(model, batch, step)
+
+    cfg = ft_config(single, tiny_model_dir, tmp_path / "run")
+    monkeypatch.setattr(stages, "ce_loss", crashing_loss)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        stages.finetune(cfg)
+    monkeypatch.setattr(stages, "ce_loss", real_loss)
+    res = stages.finetune(cfg.replace(resume=True))
+    assert res["resumed_from"] == 25
+    assert comparable(res) == comparable(ref)
+    assert metrics_without_time(tmp_path / "run") == metrics_without_time(ref_run)
+    assert same_weights(tmp_path / "run" / "best", ref_run / "best")
+
+
+def test_a_failing_save_leaves_the_previous_best_intact(reference_run, tiny_model_dir, single, tmp_path, monkeypatch):
+    from transformers import pipeline
+
+    import metaft.hub
+    import metaft.stages as stages
+
+    run = tmp_path / "run"
+    tok_cls = type(metaft.hub.load_tokenizer(tiny_model_dir))
+    real_save, calls, before = tok_cls.save_pretrained, [], {}
+
+    def dying_save(self, folder, *args, **kwargs):
+        calls.append(folder)
+        if len(calls) == 2:  # the second best checkpoint: the model file is written, then the process dies
+            before["hash"] = hashlib.sha256((run / "best" / "model.safetensors").read_bytes()).hexdigest()
+            (Path(folder) / "tokenizer.json").write_text("{ half a fi")
+            raise KeyboardInterrupt("killed while saving")
+        return real_save(self, folder, *args, **kwargs)
+
+    monkeypatch.setattr(tok_cls, "save_pretrained", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        stages.finetune(ft_config(single, tiny_model_dir, run))
+    monkeypatch.setattr(tok_cls, "save_pretrained", real_save)
+    assert hashlib.sha256((run / "best" / "model.safetensors").read_bytes()).hexdigest() == before["hash"]
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no half-written folder left
+    assert pipeline("text-classification", model=str(run / "best"))("bad awful")[0]["label"]
+    res = stages.finetune(ft_config(single, tiny_model_dir, run, resume=True))
+    assert comparable(res) == comparable(reference_run[1])
+
+
+def test_sigkill_mid_training_then_resume_matches(reference_run, tiny_model_dir, single, tmp_path):
+    """A real `kill -9` of `python -m metaft finetune`, then `--resume`: same metrics and weights."""
+    ref_run, ref = reference_run
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "metaft", "-q", "finetune", "--data-dir", str(single), "--model", str(tiny_model_dir),
+            "--out", str(run), "--epochs", "10", "--batch-size", "8", "--eval-batch-size", "16", "--lr", "5e-3",
+            "--eval-every", "5", "--seed", "3"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    state = run / "state" / "trainer_state.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state.is_file() and json.loads(state.read_text() or "{}").get("step", 0) >= 10:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "results.json").exists()
+    again = subprocess.run(argv, env=env, capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume" in again.stderr and "Traceback" not in again.stderr
+    resumed = subprocess.run(argv + ["--resume"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "test accuracy" in resumed.stdout
+    res = json.loads((run / "results.json").read_text())
+    assert res["resumed_from"] >= 10
+    assert comparable(res) == comparable(ref)
+    assert metrics_without_time(run) == metrics_without_time(ref_run)
+    assert same_weights(run / "best", ref_run / "best")
