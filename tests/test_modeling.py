@@ -47,6 +47,14 @@ def test_domain_head_is_one_classifier_shared_across_layers(tiny_model_dir):
     assert len(linear) == 1, "exactly one domain classifier, shared by all selected layers"
 
 
+def _without_dropout(model):
+    """Training mode (the domain head runs) with every dropout off, so passes are deterministic."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return model.train()
+
+
 def _encoder_grad(model, domain_loss, coeff=1.0):
     torch.manual_seed(0)
     model.zero_grad()
@@ -60,15 +68,13 @@ def _encoder_grad(model, domain_loss, coeff=1.0):
 
 
 def test_domain_corruption_loss_sends_gradient_into_the_encoder(tiny_model_dir):
-    model = MetaLearner.build(str(tiny_model_dir), ["a", "b"], ["d0", "d1", "d2"])
-    model.eval()
+    model = _without_dropout(MetaLearner.build(str(tiny_model_dir), ["a", "b"], ["d0", "d1", "d2"]))
     grad = _encoder_grad(model, "corrupt")
     assert grad.abs().sum() > 0
 
 
 def test_grl_flips_the_sign_of_the_encoder_gradient(tiny_model_dir):
-    model = MetaLearner.build(str(tiny_model_dir), ["a", "b"], ["d0", "d1", "d2"], domain_loss="grl")
-    model.eval()  # no dropout: both passes see the same function
+    model = _without_dropout(MetaLearner.build(str(tiny_model_dir), ["a", "b"], ["d0", "d1", "d2"], domain_loss="grl"))
     reversed_grad = _encoder_grad(model, "grl", coeff=1.0)
     model.domain_loss = "corrupt"  # same head and targets, but no reversal layer in the forward pass
     model.zero_grad()
@@ -81,17 +87,17 @@ def test_grl_flips_the_sign_of_the_encoder_gradient(tiny_model_dir):
 
 
 def test_save_and_load_round_trip(tiny_model_dir, tmp_path):
-    model = MetaLearner.build(str(tiny_model_dir), ["neg", "pos"], ["CR", "MR"])
-    model.eval()
+    model = _without_dropout(MetaLearner.build(str(tiny_model_dir), ["neg", "pos"], ["CR", "MR"]))
     save_atomic(lambda p: model.save(p), tmp_path / "meta")
     assert (tmp_path / "meta" / DOMAIN_HEAD_FILE).is_file()
     assert json.loads((tmp_path / "meta" / META_FILE).read_text())["domains"] == ["CR", "MR"]
     assert folder_labels(tmp_path / "meta") == ["neg", "pos"]
-    loaded = MetaLearner.load(tmp_path / "meta").eval()
+    loaded = _without_dropout(MetaLearner.load(tmp_path / "meta"))
     batch = _batch(domains=2, labels=2)
     a, b = model(batch), loaded(batch)
     assert torch.allclose(a.logits, b.logits, atol=1e-6)
     assert torch.allclose(a.domain_logits, b.domain_logits, atol=1e-6)
+    assert loaded.eval()(batch).domain_logits is None, "evaluation computes class logits only"
 
 
 def test_load_classifier_keep_and_reinit(tiny_model_dir, tmp_path):

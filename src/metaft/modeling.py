@@ -112,8 +112,9 @@ class MetaLearner(nn.Module):
         return cls(classifier, domains, head, domain_loss)
 
     def forward(self, batch: dict[str, torch.Tensor], grl_coeff: float = 0.0) -> MetaOutput:
+        """Class logits always; domain logits in training mode only (they feed the loss, not evaluation)."""
         inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
-        need_hidden = self.domain_head is not None
+        need_hidden = self.domain_head is not None and self.training  # evaluation needs logits only
         out = self.classifier(**inputs, output_hidden_states=need_hidden, return_dict=True)
         domain_logits = None
         if need_hidden:

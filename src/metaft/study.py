@@ -175,7 +175,7 @@ def run_study(cfg: StudyConfig) -> dict:
             out = run / f"seed-{seed}" / "meta" / variant
             logger.info("seed %s: meta-finetune %s", seed, variant)
             res = _meta(cfg, variant, seed, cross, out, group)
-            snapshots[variant] = res["best_model"]
+            snapshots[variant] = str((out / res["best_model_name"]).resolve())
             study["meta"].append({"seed": seed, "variant": variant, "dev_accuracy": res["best_dev_accuracy"],
                                   "wall_time_s": res.get("wall_time_s", 0.0), "path": str(out.relative_to(run))})
         for domain in domains:

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from metaft.cli import main
+from metaft.study import StudyConfig, run_study
+
+FAST = {"meta": {"epochs": 1, "batch_size": 8, "eval_batch_size": 256, "learning_rate": 1e-4},
+        "finetune": {"epochs": 1, "batch_size": 8, "eval_batch_size": 256, "learning_rate": 1e-4,
+                     "test_limit": 64}}
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tiny_model_dir, corpora_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    cfg = StudyConfig(out=str(out), corpora=str(corpora_root), group="g1", k=4, seeds=(42,),
+                      model=str(tiny_model_dir), ablations=("multitask",), **FAST)
+    return cfg, run_study(cfg)
+
+
+def test_study_runs_every_unit_and_writes_report(tiny_study):
+    cfg, study = tiny_study
+    units = {(u["variant"], u["domain"]) for u in study["units"]}
+    assert units == {(v, d) for v in ("baseline", "mft", "multitask") for d in ("SST-2", "MR", "CR")}
+    assert all(0.0 <= u["test_accuracy"] <= 1.0 for u in study["units"])
+    assert {m["variant"] for m in study["meta"]} == {"mft", "multitask"}
+    report = (tmp := __import__("pathlib").Path(cfg.out)) / "report.md"
+    assert report.is_file() and "| SST-2 | mft |" in report.read_text()
+    for png in ("accuracy.png", "curves.png", "typicality.png", "pca.png"):
+        assert (tmp / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((tmp / "study.json").read_text())
+    assert saved["units"] == study["units"]
+
+
+def test_rerun_skips_finished_units_and_force_redoes_them(tiny_study, monkeypatch):
+    cfg, study = tiny_study
+    import metaft.stages as stages
+
+    calls = []
+    real_finetune, real_meta = stages.finetune, stages.meta_finetune
+    monkeypatch.setattr(stages, "finetune", lambda c: calls.append(("ft", c.out)) or real_finetune(c))
+    monkeypatch.setattr(stages, "meta_finetune", lambda c: calls.append(("meta", c.out)) or real_meta(c))
+    again = run_study(cfg)
+    assert calls == []
+    assert [u["test_accuracy"] for u in again["units"]] == [u["test_accuracy"] for u in study["units"]]
+
+    forced = cfg.replace(force=True, ablations=(), seeds=(42,))
+    run_study(forced)
+    assert sum(kind == "meta" for kind, _ in calls) == 1
+    assert sum(kind == "ft" for kind, _ in calls) == 6
+
+
+def test_predict_round_trips_a_saved_model(tiny_study, tmp_path, capsys):
+    cfg, study = tiny_study
+    unit = next(u for u in study["units"] if u["variant"] == "mft" and u["domain"] == "SST-2")
+    from pathlib import Path
+
+    model_dir = Path(cfg.out) / unit["path"] / "best"
+    texts = ["a great movie", "a terrible and boring plot"]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    assert main(["predict", "--model", str(model_dir), "--input", str(src)]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert [r["text"] for r in lines] == texts
+    from transformers import pipeline
+
+    pipe = pipeline("text-classification", model=str(model_dir))
+    for rec, ref in zip(lines, pipe(texts)):
+        assert rec["label"] == ref["label"]
+        assert sum(rec["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert rec["probabilities"][rec["label"]] == pytest.approx(ref["score"], abs=1e-4)
+
+
+def test_unknown_ablation_is_a_clear_error(capsys):
+    assert main(["run", "--ablations", "bogus", "--out", "/tmp/never"]) == 2
+    assert "unknown ablation" in capsys.readouterr().err
