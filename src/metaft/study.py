@@ -27,7 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from .config import STANDARD_SEEDS, FinetuneConfig, MetaConfig, PrepareConfig, TypicalityConfig, _check, _Config
+from .config import (
+    STANDARD_SEEDS,
+    FinetuneConfig,
+    MetaConfig,
+    PrepareConfig,
+    TypicalityConfig,
+    _check,
+    _Config,
+)
 from .errors import ConfigError
 from .hub import DEFAULT_MODEL
 from .report import BASELINE
