@@ -108,6 +108,7 @@ class TrainConfig(_Config):
     dropout: float = 0.1
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16
     pad_to_multiple_of: int = 8
+    pad_to_length: int | None = None  # pad every batch to this many tokens (fixed shapes; the seed system's way)
     group_by_length: bool = False
     compile: bool = False
     resume: bool = False
@@ -127,6 +128,8 @@ class TrainConfig(_Config):
         _check(self.mixed_precision in ("auto", "no", "bf16", "fp16"),
                f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
         _check(self.max_length > 2, f"max_length must be > 2, got {self.max_length}")
+        _check(self.pad_to_length is None or self.pad_to_length > 0,
+               f"pad_to_length must be positive, got {self.pad_to_length}")
 
 
 @dataclass(frozen=True)

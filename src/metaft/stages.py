@@ -287,7 +287,7 @@ def _test(best_dir: Path, test_set: EncodedDataset, cfg: FinetuneConfig, labels:
         best_dir, use_safetensors=True, trust_remote_code=cfg.trust_remote_code)
     accelerator = make_accelerator(cfg.mixed_precision)
     model = accelerator.prepare_model(model, evaluation_mode=True)  # no DDP wrapper: inference only
-    loader = eval_loader(test_set, cfg.eval_batch_size, accelerator, cfg.pad_to_multiple_of)
+    loader = eval_loader(test_set, cfg.eval_batch_size, accelerator, cfg.pad_to_multiple_of, cfg.pad_to_length)
     return evaluate(model, loader, hf_logits, accelerator, labels)
 
 

@@ -172,10 +172,11 @@ def classification_metrics(preds: torch.Tensor, golds: torch.Tensor, labels: lis
             "per_label": per_label}
 
 
-def eval_loader(dataset: EncodedDataset, batch_size: int, accelerator, pad_to_multiple_of: int = 8):
+def eval_loader(dataset: EncodedDataset, batch_size: int, accelerator, pad_to_multiple_of: int = 8,
+                pad_to: int | None = None):
     """A non-shuffled, accelerate-prepared loader (each process gets its share; see gather_for_metrics)."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                         collate_fn=Collator(dataset.pad_id, pad_to_multiple_of))
+                                         collate_fn=Collator(dataset.pad_id, pad_to_multiple_of, pad_to))
     return accelerator.prepare(loader)
 
 
@@ -276,8 +277,9 @@ class _Loop:
         self.scheduler = build_scheduler(optimizer, self.total_steps, cfg.warmup_ratio)
         model = torch.compile(self.raw) if cfg.compile else self.raw
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        self.dev_loader = eval_loader(task.dev_set, cfg.eval_batch_size, accelerator, cfg.pad_to_multiple_of)
-        self.collate = Collator(task.train_set.pad_id, cfg.pad_to_multiple_of)
+        pad_to = getattr(cfg, "pad_to_length", None)
+        self.dev_loader = eval_loader(task.dev_set, cfg.eval_batch_size, accelerator, cfg.pad_to_multiple_of, pad_to)
+        self.collate = Collator(task.train_set.pad_id, cfg.pad_to_multiple_of, pad_to)
         self.step, self.elapsed0, self.history = 0, 0.0, []
         self.best = {"accuracy": -1.0, "step": 0, "name": None, "dev": {}}
         self._perm: tuple[int, list[int]] | None = None
@@ -342,7 +344,7 @@ class _Loop:
         if dev["accuracy"] > self.best["accuracy"]:  # ties keep the earlier checkpoint
             self._save_best(dev)
         record = {"kind": "dev", "step": self.step, "epoch": self.step / self.steps_per_epoch,
-                  "dev_accuracy": dev["accuracy"], "dev_macro_f1": dev["macro_f1"],
+                  "dev_accuracy": dev["accuracy"], "dev_macro_f1": dev["macro_f1"], "dev_n": dev["n"],
                   "best_dev_accuracy": self.best["accuracy"], "best_step": self.best["step"],
                   "elapsed_s": round(self._elapsed(), 3)}
         self.history.append({k: record[k] for k in ("step", "dev_accuracy", "dev_macro_f1")})
