@@ -69,3 +69,21 @@ def prepared_data(tmp_path_factory, corpora_root) -> Path:
     code = main(argv + ["--corpora", str(corpora_root), "--out", str(out)])
     assert code == 0, f"metaft prepare failed with exit code {code}"
     return out
+
+
+@pytest.fixture(scope="session")
+def single(tmp_path_factory) -> Path:
+    """A synthetic one-domain task (train 48 / dev 24 / test 30) in a prepared folder."""
+    from helpers import write_task
+
+    return write_task(tmp_path_factory.mktemp("single"))
+
+
+@pytest.fixture(scope="session")
+def reference_run(tiny_model_dir, single, tmp_path_factory) -> tuple[Path, dict]:
+    """One uninterrupted fine-tuning run that the other tests compare against."""
+    from helpers import ft_config
+    from metaft.stages import finetune
+
+    out = tmp_path_factory.mktemp("ref") / "run"
+    return out, finetune(ft_config(single, tiny_model_dir, out))

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_training import write_task
+from helpers import write_task
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="needs torch.distributed with gloo")

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from metaft.errors import ConfigError
+from metaft.errors import ConfigError, OutputError
 from metaft.losses import domain_adversarial_loss, mft_loss
 from metaft.modeling import (
     DOMAIN_HEAD_FILE,
@@ -126,7 +126,7 @@ def test_save_atomic_keeps_the_old_folder_when_saving_fails(tmp_path):
         (p / "x.txt").write_text("half")
         raise OSError("disk full")
 
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match=r"best: cannot save \(OSError: disk full\); the previous version is kept"):
         save_atomic(broken, target)
     assert (target / "x.txt").read_text() == "old"
     assert not (tmp_path / ".best.tmp").exists()

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import metrics_without_time, write_task
 from metaft.config import FinetuneConfig, MetaConfig
 from metaft.corpora import read_mft_tsv
 from metaft.errors import ConfigError, DataError
-from test_training import metrics_without_time, write_task
 
 
 @pytest.fixture(scope="session")
@@ -41,16 +41,16 @@ def test_task_names():
 
 def test_typicality_weights_are_normalised(monkeypatch, tmp_path):
     import metaft.typicality
+    from helpers import synthetic
     from metaft.stages import typicality_weights
-    from test_training import synthetic
 
     train = synthetic(6, ["a", "b"], 0)  # domains a, a, a, b, b, b
     monkeypatch.setattr(metaft.typicality, "load_scores", lambda d, ex: [0.5, 1.0, 1.5, 0.2, 0.2, 0.8])
     cfg = MetaConfig(data_dir=str(tmp_path))
     assert typicality_weights(cfg.replace(typicality_norm="none"), tmp_path, train) == [0.5, 1.0, 1.5, 0.2, 0.2, 0.8]
-    per_domain = typicality_weights(cfg, tmp_path, train)
+    per_domain = typicality_weights(cfg.replace(typicality_norm="mean"), tmp_path, train)
     assert per_domain == pytest.approx([0.5, 1.0, 1.5, 0.5, 0.5, 2.0])
-    assert typicality_weights(cfg.replace(typicality_norm="mean-global"), tmp_path, train) == pytest.approx(
+    assert typicality_weights(cfg, tmp_path, train) == pytest.approx(  # the default: mean-global
         [s / 0.7 for s in [0.5, 1.0, 1.5, 0.2, 0.2, 0.8]])
     assert typicality_weights(cfg.replace(typicality=False), tmp_path, train) == [1.0] * 6
 

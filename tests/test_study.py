@@ -16,7 +16,7 @@ FAST = {"meta": {"epochs": 1, "batch_size": 8, "eval_batch_size": 256, "learning
 def tiny_study(tiny_model_dir, corpora_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
     cfg = StudyConfig(out=str(out), corpora=str(corpora_root), group="g1", k=4, seeds=(42,),
-                      model=str(tiny_model_dir), ablations=("multitask",), **FAST)
+                      model=str(tiny_model_dir), ablations=("multitask",), jobs=1, **FAST)
     return cfg, run_study(cfg)
 
 
@@ -50,6 +50,24 @@ def test_rerun_skips_finished_units_and_force_redoes_them(tiny_study, monkeypatc
     run_study(forced)
     assert sum(kind == "meta" for kind, _ in calls) == 1
     assert sum(kind == "ft" for kind, _ in calls) == 6
+
+
+def test_units_in_parallel_workers_give_the_same_study(tiny_study, tmp_path):
+    cfg, study = tiny_study
+    parallel = run_study(cfg.replace(out=str(tmp_path / "parallel"), jobs=2))
+    keep = ("seed", "variant", "domain", "test_accuracy", "test_macro_f1", "dev_accuracy", "path")
+    assert [{k: u[k] for k in keep} for u in parallel["units"]] == [{k: u[k] for k in keep} for u in study["units"]]
+    assert [m["dev_accuracy"] for m in parallel["meta"]] == [m["dev_accuracy"] for m in study["meta"]]
+
+
+def test_rerun_with_other_settings_is_refused(tiny_study):
+    from metaft.errors import ConfigError
+
+    cfg, _ = tiny_study
+    changed = cfg.replace(finetune={**cfg.finetune, "learning_rate": 3e-4})
+    with pytest.raises(ConfigError, match="other settings.*finetune.*--force"):
+        run_study(changed)
+    assert json.loads((__import__("pathlib").Path(cfg.out) / "config.json").read_text())["finetune"] == cfg.finetune
 
 
 def test_predict_round_trips_a_saved_model(tiny_study, tmp_path, capsys):

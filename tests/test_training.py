@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -16,77 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from metaft.config import FinetuneConfig
-from metaft.corpora import Example, write_mft_tsv
+from helpers import comparable, ft_config, metrics_without_time, same_weights
 from metaft.errors import ConfigError
-
-WORDS = {"neg": "bad terrible awful hate boring broke slow".split(),
-         "neu": "question answer what who where when how why".split(),
-         "pos": "great good love nice fine works fast".split()}
-FILL = "the a an is was it this that of to and very really i".split()
-
-
-# ------------------------------------------------------------------------------------- shared test helpers
-
-def synthetic(n: int, domains: list[str], seed: int) -> list[Example]:
-    """An easy 3-class task: two class words among 2-6 filler words."""
-    rng, out = random.Random(seed), []
-    for i in range(n):
-        label, domain = sorted(WORDS)[i % 3], domains[(i // 3) % len(domains)]
-        words = rng.sample(WORDS[label], 2) + rng.sample(FILL, rng.randint(2, 6))
-        rng.shuffle(words)
-        out.append(Example(f"u{seed}-{i}", " ".join(words), label, domain))
-    return out
-
-
-def write_task(folder: Path, n_train=48, n_dev=24, n_test=30, domains=("book",), seed=0) -> Path:
-    write_mft_tsv(folder / "train.tsv", synthetic(n_train, list(domains), seed))
-    write_mft_tsv(folder / "dev.tsv", synthetic(n_dev, list(domains), seed + 1))
-    if n_test:
-        write_mft_tsv(folder / "test.tsv", synthetic(n_test, list(domains), seed + 2))
-    return folder
-
-
-def ft_config(data: Path, model: Path, out: Path, **kw) -> FinetuneConfig:
-    settings = dict(data_dir=str(data), model=str(model), out=str(out), epochs=10, batch_size=8,
-                    eval_batch_size=16, learning_rate=5e-3, eval_every=5, seed=3)
-    return FinetuneConfig(**{**settings, **kw})
-
-
-def weights_of(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(folder / "model.safetensors"))
-
-
-def same_weights(a: Path, b: Path) -> bool:
-    wa, wb = weights_of(a), weights_of(b)
-    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-def metrics_without_time(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]
-
-
-def comparable(results: dict) -> dict:
-    drop = ("timings", "config", "best_model", "resumed_from")
-    return {k: v for k, v in results.items() if k not in drop}
-
-
-@pytest.fixture(scope="session")
-def single(tmp_path_factory) -> Path:
-    return write_task(tmp_path_factory.mktemp("single"))
-
-
-@pytest.fixture(scope="session")
-def reference_run(tiny_model_dir, single, tmp_path_factory) -> tuple[Path, dict]:
-    """One uninterrupted fine-tuning run that the other tests compare against."""
-    from metaft.stages import finetune
-
-    out = tmp_path_factory.mktemp("ref") / "run"
-    return out, finetune(ft_config(single, tiny_model_dir, out))
-
 
 # ----------------------------------------------------------------------------------------------- units
 
@@ -101,6 +31,19 @@ def test_batches_cover_each_epoch_once_and_differ_between_epochs():
     assert sorted(step_batch(perm0, 0, 2, 2, 0) + step_batch(perm0, 0, 2, 2, 1)) == sorted(perm0[:4])
     assert step_batch(perm0, 1, 3, 3, 2) == [perm0[9]]  # global batch 9: the last one has one example
     assert planned_steps(96, 4, 63, 1) == 1512 and planned_steps(10, 4, 0.5, 1) == 2
+
+
+def test_length_grouping_keeps_every_example_and_sorts_within_chunks():
+    from metaft.training import epoch_permutation, group_by_length
+
+    lengths = [5, 1, 9, 3, 7, 2, 8, 4, 6, 10, 11]
+    perm = epoch_permutation(len(lengths), 1, 0)
+    grouped = group_by_length(perm, lengths, batch=2, megabatches=2)  # chunks of 4
+    assert sorted(grouped) == list(range(len(lengths)))
+    for start in range(0, len(perm), 4):
+        chunk = grouped[start:start + 4]
+        assert set(chunk) == set(perm[start:start + 4])
+        assert [lengths[i] for i in chunk] == sorted((lengths[i] for i in chunk), reverse=True)
 
 
 def test_metrics_and_optimizer_groups():
@@ -208,6 +151,28 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(reference_run, tiny_m
     assert same_weights(tmp_path / "run" / "best", ref_run / "best")
 
 
+def test_throttled_state_saves_restart_cleanly(reference_run, tiny_model_dir, single, tmp_path, monkeypatch):
+    """With a long save interval no state is written mid-run: a crash then restarts from step 0, same end."""
+    import metaft.stages as stages
+
+    real_loss = stages.ce_loss
+
+    def crashing_loss(model, batch, step):
+        if step == 27:
+            assert not (tmp_path / "run" / "state").exists()
+            raise RuntimeError("simulated crash")
+        return real_loss(model, batch, step)
+
+    cfg = ft_config(single, tiny_model_dir, tmp_path / "run", save_state_every_s=3600)
+    monkeypatch.setattr(stages, "ce_loss", crashing_loss)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        stages.finetune(cfg)
+    monkeypatch.setattr(stages, "ce_loss", real_loss)
+    res = stages.finetune(cfg.replace(resume=True, save_state_every_s=0))  # may change on resume
+    assert res["resumed_from"] is None
+    assert comparable(res) == comparable(reference_run[1])
+
+
 def test_a_failing_save_leaves_the_previous_best_intact(reference_run, tiny_model_dir, single, tmp_path, monkeypatch):
     from transformers import pipeline
 
@@ -231,7 +196,7 @@ def test_a_failing_save_leaves_the_previous_best_intact(reference_run, tiny_mode
         stages.finetune(ft_config(single, tiny_model_dir, run))
     monkeypatch.setattr(tok_cls, "save_pretrained", real_save)
     assert hashlib.sha256((run / "best" / "model.safetensors").read_bytes()).hexdigest() == before["hash"]
-    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no half-written folder left
+    assert not [p for p in run.iterdir() if p.name.endswith((".tmp", ".old"))]  # no half-written folder left
     assert pipeline("text-classification", model=str(run / "best"))("bad awful")[0]["label"]
     res = stages.finetune(ft_config(single, tiny_model_dir, run, resume=True))
     assert comparable(res) == comparable(reference_run[1])
@@ -243,7 +208,7 @@ def test_sigkill_mid_training_then_resume_matches(reference_run, tiny_model_dir,
     run = tmp_path / "run"
     argv = [sys.executable, "-m", "metaft", "-q", "finetune", "--data-dir", str(single), "--model", str(tiny_model_dir),
             "--out", str(run), "--epochs", "10", "--batch-size", "8", "--eval-batch-size", "16", "--lr", "5e-3",
-            "--eval-every", "5", "--seed", "3"]
+            "--eval-every", "5", "--seed", "3", "--save-state-every", "0"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     state = run / "state" / "trainer_state.json"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,11 @@ class _Config:
         return dataclasses.replace(self, **changes)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        """Write the settings as JSON atomically (a crash leaves the old file or the new one)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -107,9 +112,10 @@ class TrainConfig(_Config):
     eval_every: int = 0  # steps; 0 = once per epoch
     dropout: float = 0.1
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16
-    pad_to_multiple_of: int = 8
+    pad_to_multiple_of: int = 0  # 0 = automatic: 8 on CUDA, 1 (the longest text) elsewhere
     pad_to_length: int | None = None  # pad every batch to this many tokens (fixed shapes; the seed system's way)
-    group_by_length: bool = False
+    group_by_length: bool = False  # batches of similar lengths (less padding); order still seeded
+    save_state_every_s: float = 60.0  # resumable state at an evaluation at most this often; 0 = every evaluation
     compile: bool = False
     resume: bool = False
     force: bool = False
@@ -125,6 +131,8 @@ class TrainConfig(_Config):
         _check(self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}")
         _check(0.0 <= self.warmup_ratio < 1.0, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         _check(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
+        _check(self.pad_to_multiple_of >= 0, f"pad_to_multiple_of must be >= 0, got {self.pad_to_multiple_of}")
+        _check(self.save_state_every_s >= 0, f"save_state_every_s must be >= 0, got {self.save_state_every_s}")
         _check(self.mixed_precision in ("auto", "no", "bf16", "fp16"),
                f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
         _check(self.max_length > 2, f"max_length must be > 2, got {self.max_length}")
@@ -142,7 +150,7 @@ class MetaConfig(TrainConfig):
     domain_weight: float = 0.1
     domain_layers: tuple[int, ...] = ()  # () = 4 evenly spaced layers ending at the last
     typicality: bool = True
-    typicality_norm: str = "mean"  # none | mean (per domain) | mean-global
+    typicality_norm: str = "mean-global"  # none | mean (per domain) | mean-global (chosen on dev sets)
     task_name: str | None = None  # names the best snapshot folder like the seed system
 
     def __post_init__(self):

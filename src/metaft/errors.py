@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -24,3 +26,19 @@ class DataError(MetaftError):
         if line is not None:
             where = f"{where}:{line}"
         super().__init__(f"{where}: {problem}")
+
+    def __reduce__(self):  # picklable, so that a worker process can report it
+        return type(self), (self.path, self.problem, self.line)
+
+
+class OutputError(MetaftError):
+    """Results or checkpoints could not be written (disk full, no permission); earlier files are kept."""
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turn an operating-system error while writing ``path`` (full disk, no permission) into an OutputError."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc

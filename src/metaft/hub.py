@@ -103,3 +103,15 @@ def load_encoder(name_or_path: str | Path, trust_remote_code: bool = False):
         return AutoModel.from_pretrained(source, use_safetensors=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise _load_error(name_or_path, "model", exc, trust_remote_code) from None
+
+
+def usable_max_length(requested: int, model_config, tokenizer) -> int:
+    """``requested`` capped at what the model can take (position embeddings, the tokenizer's own limit),
+    with a warning when capped: longer inputs would crash inside the model's embedding lookup."""
+    limits = [n for n in (getattr(model_config, "max_position_embeddings", None),
+                          getattr(tokenizer, "model_max_length", None)) if isinstance(n, int) and 0 < n < 10**6]
+    limit = min(limits, default=requested)
+    if requested > limit:
+        logger.warning("max length %d is more than the model takes (%d tokens): using %d", requested, limit, limit)
+        return limit
+    return requested

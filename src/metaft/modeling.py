@@ -8,6 +8,7 @@ loading never unpickles.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, OutputError
 from .features import masked_mean
 from .hub import resolve_model
 from .losses import grad_reverse
@@ -233,21 +234,28 @@ def save_atomic(save_fn: Callable[[Path], None], folder: str | Path) -> None:
     version if a crash happened between the two renames.
     """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.tmp")
     old = folder.with_name(f".{folder.name}.old")
-    recover_folder(folder)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
-        save_fn(tmp)
-        _fsync_tree(tmp)
-    except BaseException:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        recover_folder(folder)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
+        tmp.mkdir()
+        try:
+            save_fn(tmp)
+            _fsync_tree(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+    except Exception as exc:  # OSError, but safetensors and torch.save report a full disk as their own errors
+        with contextlib.suppress(OSError):
+            recover_folder(folder)
+        kept = "; the previous version is kept" if folder.exists() else ""
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+        raise OutputError(f"{folder}: cannot save ({why}){kept}") from exc
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -137,7 +137,8 @@ def render(study: dict, summary: dict, plots: list[str]) -> str:
         parts.append("")
     if meta_lines := meta_table(study):
         parts += ["## Meta stage (cross-domain dev set)", "", *meta_lines, ""]
-    parts += ["## Wall time", "", *time_table(study), ""]
+    parts += ["## Wall time", "", "Sums of the units' own times; with several units at a time (`--jobs`) the "
+              "study took less on the clock.", "", *time_table(study), ""]
     if plots:
         parts += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(parts)

@@ -20,9 +20,10 @@ import torch
 
 from .config import FinetuneConfig, MetaConfig
 from .corpora import Example, read_mft_tsv
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, writing
 from .features import EncodedDataset
-from .hub import load_tokenizer
+from .hub import load_tokenizer, usable_max_length
+from .locking import LOCK_FILE, run_lock
 from .losses import grl_coefficient, mft_loss, weighted_cross_entropy
 from .modeling import MODEL_INPUT_KEYS, MetaLearner, load_classifier, recover_folder
 from .splits import sort_labels
@@ -45,7 +46,7 @@ logger = logging.getLogger(__name__)
 META_RESULTS = "meta_results.json"
 RESULTS = "results.json"
 CONFIG_FILE = "config.json"
-_IGNORED_ON_RESUME = ("resume", "force", "use_cache")  # settings a resumed run may change
+_IGNORED_ON_RESUME = ("out", "resume", "force", "use_cache", "save_state_every_s")  # a resumed run may change
 SNAPSHOT_PREFIX = "snapshot_best_mft_model_"
 
 
@@ -115,6 +116,10 @@ def _is_run_folder(run_dir: Path) -> bool:
     return isinstance(saved, dict) and {"data_dir", "epochs", "seed"} <= set(saved)
 
 
+def _has_contents(run_dir: Path) -> bool:
+    return run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir())
+
+
 def open_run(run_dir: Path, cfg, done_file: str) -> str:
     """What to do with ``run_dir`` for a run of ``cfg``: ``"new"``, ``"resume"`` or ``"done"``. Changes nothing.
 
@@ -122,7 +127,7 @@ def open_run(run_dir: Path, cfg, done_file: str) -> str:
     ``cfg.resume`` (``"done"``: nothing to do). An unfinished one needs ``cfg.resume`` or ``cfg.force``.
     """
     run_dir = Path(run_dir)
-    if not (run_dir.exists() and any(run_dir.iterdir())):
+    if not _has_contents(run_dir):
         return "new"
     if not _is_run_folder(run_dir):
         raise ConfigError(f"{run_dir}: not empty and not a metaft run folder; choose another output folder")
@@ -145,9 +150,11 @@ def start_run(run_dir: Path, cfg, status: str) -> None:
     run_dir, state = Path(run_dir), process_state()
     state.wait_for_everyone()
     if status == "new" and state.is_main_process:
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if _has_contents(run_dir):
             logger.info("--force: removing the earlier run in %s", run_dir)
-            shutil.rmtree(run_dir)
+            for path in run_dir.iterdir():
+                if path.name != LOCK_FILE:  # held by this run
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / CONFIG_FILE)
         (run_dir / METRICS_FILE).touch()
@@ -161,8 +168,9 @@ def finish_run(run_dir: Path, results_file: str, results: dict, stale: Sequence[
         for path in stale:
             shutil.rmtree(path, ignore_errors=True)
         tmp = run_dir / f".{results_file}.tmp"
-        tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, run_dir / results_file)
+        with writing(run_dir / results_file):
+            tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+            os.replace(tmp, run_dir / results_file)
         shutil.rmtree(run_dir / STATE_DIR, ignore_errors=True)  # finished: nothing left to resume
     state.wait_for_everyone()
 
@@ -204,6 +212,11 @@ def _meta_loss_fn(cfg: MetaConfig, total_steps: int):
 
 def meta_finetune(cfg: MetaConfig) -> Path:
     """Stage 2: train one meta-learner on all domains of ``cfg.data_dir``; returns its best folder."""
+    with run_lock(cfg.out, process_state().is_main_process):
+        return _meta_finetune(cfg)
+
+
+def _meta_finetune(cfg: MetaConfig) -> Path:
     run_dir = Path(cfg.out)
     status = open_run(run_dir, cfg, META_RESULTS)
     if status == "done":
@@ -221,8 +234,9 @@ def meta_finetune(cfg: MetaConfig) -> Path:
                                   domain_layers=cfg.domain_layers, dropout=cfg.dropout,
                                   trust_remote_code=cfg.trust_remote_code)
     label_ids, domain_ids = {lab: i for i, lab in enumerate(labels)}, {d: i for i, d in enumerate(domains)}
-    train_set = EncodedDataset(train_ex, tokenizer, cfg.max_length, label_ids, domain_ids, weights, cfg.use_cache)
-    dev_set = EncodedDataset(dev_ex, tokenizer, cfg.max_length, label_ids, domain_ids, None, cfg.use_cache)
+    max_length = usable_max_length(cfg.max_length, model.classifier.config, tokenizer)
+    train_set = EncodedDataset(train_ex, tokenizer, max_length, label_ids, domain_ids, weights, cfg.use_cache)
+    dev_set = EncodedDataset(dev_ex, tokenizer, max_length, label_ids, domain_ids, None, cfg.use_cache)
     task = cfg.task_name or task_name_for(data_dir)
     start_run(run_dir, cfg, status)
     loop_task = LoopTask(
@@ -294,6 +308,11 @@ def _test(best_dir: Path, test_set: EncodedDataset, cfg: FinetuneConfig, labels:
 def finetune(cfg: FinetuneConfig) -> dict:
     """Stage 3: fine-tune ``cfg.model`` (a meta-learner folder or any checkpoint) on one domain; test the
     best-dev checkpoint. Returns (and writes to ``results.json``) the results."""
+    with run_lock(cfg.out, process_state().is_main_process):
+        return _finetune(cfg)
+
+
+def _finetune(cfg: FinetuneConfig) -> dict:
     t_start = time.monotonic()
     run_dir = Path(cfg.out)
     status = open_run(run_dir, cfg, RESULTS)
@@ -308,7 +327,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
         model = load_classifier(cfg.model, labels, head=cfg.head, dropout=cfg.dropout, seed=cfg.seed,
                                 trust_remote_code=cfg.trust_remote_code)
     label_ids = {lab: i for i, lab in enumerate(labels)}
-    sets = {k: EncodedDataset(v, tokenizer, cfg.max_length, label_ids, None, None, cfg.use_cache)
+    max_length = usable_max_length(cfg.max_length, model.config, tokenizer)
+    sets = {k: EncodedDataset(v, tokenizer, max_length, label_ids, None, None, cfg.use_cache)
             for k, v in splits.items()}
 
     def save_fn(m, folder: Path) -> None:

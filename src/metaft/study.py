@@ -15,6 +15,7 @@ Run folder::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -36,8 +37,9 @@ from .config import (
     _check,
     _Config,
 )
-from .errors import ConfigError
+from .errors import ConfigError, writing
 from .hub import DEFAULT_MODEL
+from .locking import run_lock
 from .report import BASELINE
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "grl": {"typicality": True, "domain_loss": "grl"},
 }
 ABLATIONS = tuple(v for v in VARIANTS if v != "mft")
+_EXTENDABLE = ("out", "seeds", "ablations", "force", "pca", "jobs")  # study settings a rerun may change
 
 # The reference few-shot recipe ([OF] README), used unchanged (not tuned on any split).
 SEED_RECIPE_META = {"epochs": 63, "batch_size": 4, "learning_rate": 5e-5, "eval_every": 100}
@@ -72,12 +75,14 @@ class StudyConfig(_Config):
     ablations: tuple[str, ...] = ()
     force: bool = False
     pca: bool = True
+    jobs: int = 0  # units run at once in worker processes; 0 = automatic (see resolve_jobs)
     typicality: dict = field(default_factory=dict)
     meta: dict = field(default_factory=lambda: dict(SEED_RECIPE_META))
     finetune: dict = field(default_factory=lambda: dict(SEED_RECIPE_FINETUNE))
 
     def __post_init__(self):
         _check(len(self.seeds) > 0, "give at least one seed")
+        _check(self.jobs >= 0, f"jobs must be >= 0 (0 = automatic), got {self.jobs}")
         unknown = [a for a in self.ablations if a not in ABLATIONS]
         _check(not unknown, f"unknown ablation(s) {unknown}; choose from {', '.join(ABLATIONS)}")
         for name, cls in (("typicality", TypicalityConfig), ("meta", MetaConfig), ("finetune", FinetuneConfig)):
@@ -163,41 +168,187 @@ def _unit_record(seed: int, variant: str, domain: str, result: dict, path: Path,
 
 def run_study(cfg: StudyConfig) -> dict:
     """Run (or resume) the study; writes ``study.json`` after every unit and ``report.md`` at the end."""
+    with run_lock(cfg.out):
+        return _run_study(cfg)
+
+
+def _check_same_study(run: Path, cfg: StudyConfig) -> None:
+    """Finished units are reused, so a rerun must not change what they depend on (seeds and ablations may)."""
+    saved = _read_json(run / "config.json")
+    if saved is None or cfg.force:
+        return
+    now = json.loads(json.dumps(cfg.to_dict()))
+    diff = sorted(k for k in set(saved) | set(now) if k not in _EXTENDABLE and saved.get(k) != now.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff)
+        raise ConfigError(f"{run}: holds a study with other settings ({shown}); rerun it with the same settings "
+                          "(seeds and ablations may change), pass --force to redo it, or choose another folder")
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One training run of the study: a meta stage (``domain`` None) or a fine-tuning run."""
+
+    seed: int
+    variant: str
+    domain: str | None
+    data: Path
+    out: Path
+
+    @property
+    def needs(self) -> tuple[int, str, None] | None:
+        """The meta stage this fine-tuning run starts from (None: the baseline and meta stages need nothing)."""
+        return None if self.domain is None or self.variant == BASELINE else (self.seed, self.variant, None)
+
+    @property
+    def key(self) -> tuple[int, str, str | None]:
+        return self.seed, self.variant, self.domain
+
+
+def _plan(cfg: StudyConfig, run: Path, group: str, domains: list[str]) -> list[_Unit]:
+    """Every unit in report order (per seed: meta stages, then per domain every variant)."""
+    units = []
+    for seed in cfg.seeds:
+        tag = _tag(cfg, seed)
+        cross = run / "data" / "k-shot-cross" / group / tag
+        units += [_Unit(seed, v, None, cross, run / f"seed-{seed}" / "meta" / v) for v in cfg.variants[1:]]
+        for domain in domains:
+            single = run / "data" / "k-shot-single" / domain / tag
+            units += [_Unit(seed, v, domain, single, run / f"seed-{seed}" / "finetune" / v / domain)
+                      for v in cfg.variants]
+    return units
+
+
+def _finished(cfg: StudyConfig, unit: _Unit) -> dict | None:
+    return None if cfg.force else _read_json(unit.out / ("results.json" if unit.domain else "meta_results.json"))
+
+
+def _run_unit(cfg: StudyConfig, unit: _Unit, model: str, group: str) -> dict:
+    """Run one unit (in this process or a worker); returns its results file's content."""
+    if unit.domain is None:
+        logger.info("seed %s: meta-finetune %s", unit.seed, unit.variant)
+        return _meta(cfg, unit.variant, unit.seed, unit.data, unit.out, group)
+    logger.info("seed %s: finetune %s on %s", unit.seed, unit.variant, unit.domain)
+    return _finetune(cfg, model, unit.seed, unit.data, unit.out)
+
+
+def resolve_jobs(jobs: int) -> int:
+    """``0`` = automatic: 2 on a CPU-only machine with 2+ cores (few-shot steps are too small to keep two
+    cores busy in one process), else 1 (one GPU; or several processes under ``accelerate launch``)."""
+    if jobs > 0:
+        return jobs
+    import torch
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return 2 if not torch.cuda.is_available() and not distributed and (os.cpu_count() or 1) >= 2 else 1
+
+
+def _worker_init(threads: int, log_level: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+    with contextlib.suppress(Exception):  # Linux: die with the study process (no orphan keeps a unit locked)
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def _execute(cfg: StudyConfig, plan: list[_Unit], group: str, on_done) -> None:
+    """Run the unfinished units of ``plan``, ``resolve_jobs(cfg.jobs)`` at a time in worker processes,
+    each as soon as the meta stage it starts from is done; ``on_done(unit, results)`` in plan order of
+    completion. Finished units are not rerun."""
+    results: dict[tuple, dict] = {}
+
+    def model_for(unit: _Unit) -> str:
+        if unit.domain is None or unit.variant == BASELINE:
+            return cfg.model
+        return str((unit.out.parents[2] / "meta" / unit.variant / results[unit.needs]["best_model_name"]).resolve())
+
+    def finish(unit: _Unit, res: dict) -> None:
+        results[unit.key] = res
+        on_done(unit, res)
+
+    todo = []
+    for unit in plan:
+        done = _finished(cfg, unit)
+        if done is not None and (unit.needs is None or unit.needs in results):
+            finish(unit, done)
+        else:
+            todo.append(unit)
+    jobs = min(resolve_jobs(cfg.jobs), len(todo)) if todo else 1
+    if jobs <= 1:
+        for unit in todo:
+            finish(unit, _run_unit(cfg, unit, model_for(unit), group))
+        return
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    logger.info("running %d units, %d at a time (%d thread(s) each)", len(todo), jobs, threads)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
+                             initargs=(threads, logging.getLogger().getEffectiveLevel())) as pool:
+        running: dict = {}
+        while todo or running:
+            for unit in [u for u in todo if u.needs is None or u.needs in results][:jobs - len(running)]:
+                todo.remove(unit)
+                running[pool.submit(_run_unit, cfg, unit, model_for(unit), group)] = unit
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                unit = running.pop(future)
+                try:
+                    finish(unit, future.result())
+                except BaseException:
+                    for other in running:
+                        other.cancel()
+                    raise
+
+
+def _run_study(cfg: StudyConfig) -> dict:
     from .report import write_report
 
     run = Path(cfg.out)
-    run.mkdir(parents=True, exist_ok=True)
+    _check_same_study(run, cfg)
     cfg.save(run / "config.json")
     group, domains = _prepare(cfg, run)
     study: dict[str, Any] = {"config": {**cfg.to_dict(), "group": group, "domains": domains},
                              "machine": machine_info(), "hyperparameter_note": hyperparameter_note(cfg),
                              "typicality": [], "meta": [], "units": [], "pca": []}
     for seed in cfg.seeds:
-        tag = _tag(cfg, seed)
-        cross = run / "data" / "k-shot-cross" / group / tag
+        cross = run / "data" / "k-shot-cross" / group / _tag(cfg, seed)
         seconds = _typicality(cfg, cross)
         study["typicality"].append({"seed": seed, "path": str((cross / "typicality.tsv").relative_to(run)),
                                     "wall_time_s": seconds})
-        snapshots = {BASELINE: cfg.model}
-        for variant in cfg.variants[1:]:
-            out = run / f"seed-{seed}" / "meta" / variant
-            logger.info("seed %s: meta-finetune %s", seed, variant)
-            res = _meta(cfg, variant, seed, cross, out, group)
-            snapshots[variant] = str((out / res["best_model_name"]).resolve())
-            study["meta"].append({"seed": seed, "variant": variant, "dev_accuracy": res["best_dev_accuracy"],
-                                  "wall_time_s": res.get("wall_time_s", 0.0), "path": str(out.relative_to(run))})
-        for domain in domains:
-            single = run / "data" / "k-shot-single" / domain / tag
-            for variant in cfg.variants:
-                out = run / f"seed-{seed}" / "finetune" / variant / domain
-                logger.info("seed %s: finetune %s on %s", seed, variant, domain)
-                res = _finetune(cfg, snapshots[variant], seed, single, out)
-                study["units"].append(_unit_record(seed, variant, domain, res, out, run))
-                _write_json(run / "study.json", study)
-        if cfg.pca:
+    plan = _plan(cfg, run, group, domains)
+    records: dict[tuple, dict] = {}
+
+    def on_done(unit: _Unit, res: dict) -> None:
+        if unit.domain is None:
+            records[unit.key] = {"seed": unit.seed, "variant": unit.variant,
+                                 "dev_accuracy": res["best_dev_accuracy"], "wall_time_s": res.get("wall_time_s", 0.0),
+                                 "path": str(unit.out.relative_to(run)), "best_model_name": res["best_model_name"]}
+        else:
+            records[unit.key] = _unit_record(unit.seed, unit.variant, unit.domain, res, unit.out, run)
+        in_order = [records[u.key] for u in plan if u.key in records]
+        study["meta"] = [{k: v for k, v in r.items() if k != "best_model_name"} for r in in_order if "domain" not in r]
+        study["units"] = [r for r in in_order if "domain" in r]
+        _write_json(run / "study.json", study)
+
+    _execute(cfg, plan, group, on_done)
+    if cfg.pca:
+        for seed in cfg.seeds:
             pca_path = run / f"seed-{seed}" / "pca.json"
             if not pca_path.is_file() or cfg.force:
-                embedding_pca(cross, cfg.model, snapshots["mft"], pca_path)
+                meta = records[(seed, "mft", None)]
+                cross = run / "data" / "k-shot-cross" / group / _tag(cfg, seed)
+                embedding_pca(cross, cfg.model, str((run / meta["path"] / meta["best_model_name"]).resolve()),
+                              pca_path)
             study["pca"].append({"seed": seed, "path": str(pca_path.relative_to(run))})
     _write_json(run / "study.json", study)
     study["report"] = str(write_report(run))
@@ -217,8 +368,9 @@ def hyperparameter_note(cfg: StudyConfig) -> str:
 
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    with writing(path):
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        tmp.replace(path)
 
 
 def nearest_centroid_accuracy(x: np.ndarray, groups: list[str]) -> float:

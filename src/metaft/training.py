@@ -2,8 +2,8 @@
 
 AdamW (weight decay on matrices only, not on biases or LayerNorm), 10 % linear warm-up then linear decay
 to 0, gradient-norm clipping, dynamic padding, dev evaluation every N steps and at the end, the best
-checkpoint (dev accuracy; ties keep the earlier) written atomically, a resumable training state at every
-evaluation, and every logged value appended to ``metrics.jsonl``.
+checkpoint (dev accuracy; ties keep the earlier) written atomically, a resumable training state at an
+evaluation at most every ``save_state_every_s`` seconds, and every logged value appended to ``metrics.jsonl``.
 
 Determinism: the batches of step s come from a permutation seeded by (seed, epoch), the loss gets the
 step index (stage 2 derives its domain-permutation generator from (seed, step)), and dropout runs on a
@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError, MetaftError
-from .features import Collator, EncodedDataset
+from .errors import ConfigError, MetaftError, writing
+from .features import Collator, EncodedDataset, padding_multiple
 from .modeling import recover_folder, save_atomic
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,14 @@ def seeded(seed: int) -> Iterator[None]:
 def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
     generator = torch.Generator().manual_seed(derive_seed(seed, "shuffle", epoch))
     return torch.randperm(n, generator=generator).tolist()
+
+
+def group_by_length(perm: list[int], lengths: list[int], batch: int, megabatches: int = 50) -> list[int]:
+    """Like HF's length-grouped sampler: chunks of ``megabatches * batch`` of the random order, each sorted
+    longest first, so a batch holds texts of similar length (less padding) while the order stays random."""
+    size = batch * megabatches
+    return [i for start in range(0, len(perm), size)
+            for i in sorted(perm[start:start + size], key=lambda j: -lengths[j])]
 
 
 def planned_steps(num_examples: int, batch_size: int, epochs: float, num_processes: int | None = None) -> int:
@@ -172,11 +180,15 @@ def classification_metrics(preds: torch.Tensor, golds: torch.Tensor, labels: lis
             "per_label": per_label}
 
 
-def eval_loader(dataset: EncodedDataset, batch_size: int, accelerator, pad_to_multiple_of: int = 8,
+def eval_loader(dataset: EncodedDataset, batch_size: int, accelerator, pad_to_multiple_of: int = 0,
                 pad_to: int | None = None):
-    """A non-shuffled, accelerate-prepared loader (each process gets its share; see gather_for_metrics)."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                         collate_fn=Collator(dataset.pad_id, pad_to_multiple_of, pad_to))
+    """An accelerate-prepared loader, longest texts first (batches of similar lengths: little padding; the
+    metrics do not depend on the order); each process gets its share (see gather_for_metrics)."""
+    lengths = dataset.lengths()
+    order = sorted(range(len(dataset)), key=lambda i: -lengths[i])
+    multiple = pad_to_multiple_of or padding_multiple(accelerator.device)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order,
+                                         collate_fn=Collator(dataset.pad_id, multiple, pad_to))
     return accelerator.prepare(loader)
 
 
@@ -206,7 +218,7 @@ def process_state():
 
 
 def append_metrics(run_dir: Path, record: dict) -> None:
-    with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
+    with writing(run_dir / METRICS_FILE), open(run_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(record, sort_keys=True) + "\n")
 
 
@@ -268,6 +280,7 @@ class _Loop:
     def __init__(self, task: LoopTask, cfg, run_dir: Path, accelerator):
         self.task, self.cfg, self.run_dir, self.acc = task, cfg, run_dir, accelerator
         self.raw = task.model  # the unwrapped model: state dicts and saving
+        self.label = "/".join(run_dir.parts[-2:])  # names the run in logs (several may run side by side)
         n, world = len(task.train_set), accelerator.num_processes
         if n == 0:
             raise MetaftError("no training examples")
@@ -279,7 +292,8 @@ class _Loop:
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         pad_to = getattr(cfg, "pad_to_length", None)
         self.dev_loader = eval_loader(task.dev_set, cfg.eval_batch_size, accelerator, cfg.pad_to_multiple_of, pad_to)
-        self.collate = Collator(task.train_set.pad_id, cfg.pad_to_multiple_of, pad_to)
+        multiple = cfg.pad_to_multiple_of or padding_multiple(accelerator.device)
+        self.collate = Collator(task.train_set.pad_id, multiple, pad_to)
         self.step, self.elapsed0, self.history = 0, 0.0, []
         self.best = {"accuracy": -1.0, "step": 0, "name": None, "dev": {}}
         self._perm: tuple[int, list[int]] | None = None
@@ -312,7 +326,11 @@ class _Loop:
     def _batch(self, step: int) -> dict[str, torch.Tensor]:
         epoch, pos = divmod(step, self.steps_per_epoch)
         if self._perm is None or self._perm[0] != epoch:
-            self._perm = (epoch, epoch_permutation(len(self.task.train_set), self.cfg.seed, epoch))
+            perm = epoch_permutation(len(self.task.train_set), self.cfg.seed, epoch)
+            if self.cfg.group_by_length:
+                global_batch = self.cfg.batch_size * self.acc.num_processes
+                perm = group_by_length(perm, self.task.train_set.lengths(), global_batch)
+            self._perm = (epoch, perm)
         idx = step_batch(self._perm[1], pos, self.cfg.batch_size, self.acc.num_processes, self.acc.process_index)
         batch = self.collate([self.task.train_set[i] for i in idx])
         return {k: v.to(self.acc.device) for k, v in batch.items()}
@@ -350,10 +368,13 @@ class _Loop:
         self.history.append({k: record[k] for k in ("step", "dev_accuracy", "dev_macro_f1")})
         if self.acc.is_main_process:
             append_metrics(self.run_dir, record)
-            save_atomic(lambda d: save_state(d, self.raw, self.optimizer, self.scheduler, self._info()),
-                        self.run_dir / STATE_DIR)
+            if time.monotonic() - self.state_saved_at >= self.cfg.save_state_every_s:
+                # optimiser state is 3x the weights: throttled (resume is exact from any saved step)
+                save_atomic(lambda d: save_state(d, self.raw, self.optimizer, self.scheduler, self._info()),
+                            self.run_dir / STATE_DIR)
+                self.state_saved_at = time.monotonic()
         self.acc.wait_for_everyone()
-        logger.info("step %d/%d: dev accuracy %.4f, macro-F1 %.4f (best %.4f at step %d)", self.step,
+        logger.info("%s step %d/%d: dev accuracy %.4f, macro-F1 %.4f (best %.4f at step %d)", self.label, self.step,
                     self.total_steps, dev["accuracy"], dev["macro_f1"], self.best["accuracy"], self.best["step"])
         return dev
 
@@ -367,14 +388,14 @@ class _Loop:
                      "dev": {k: dev[k] for k in ("accuracy", "macro_f1", "n")}}
 
     def run(self, resume: bool) -> TrainResult:
-        self.t0 = time.monotonic()
+        self.t0 = self.state_saved_at = time.monotonic()
         resumed_from = self._restore() if resume else None
         if resume and self.acc.is_main_process:
             _truncate_metrics(self.run_dir, self.step)
         self.model.train()
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.run_dir.name, dynamic_ncols=True,
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.label, dynamic_ncols=True,
                    disable=None if self.acc.is_local_main_process else True)
         while self.step < self.total_steps:
             logged = self._train_step()

@@ -37,8 +37,8 @@ import torch
 from .config import TypicalityConfig
 from .corpora import Example, read_mft_tsv
 from .errors import ConfigError, DataError, MetaftError
-from .features import Collator, encode, masked_mean
-from .hub import load_encoder, load_tokenizer
+from .features import Collator, encode, masked_mean, padding_multiple
+from .hub import load_encoder, load_tokenizer, usable_max_length
 
 logger = logging.getLogger(__name__)
 
@@ -116,13 +116,13 @@ def embed_encoded(
 ) -> np.ndarray:
     """Embed token-id sequences with a frozen encoder -> [N, H] float32, in input order.
 
-    Sequences are batched longest first (less padding), padded per batch to a multiple of 8 (or to
+    Sequences are batched longest first (less padding), padded per batch (to a multiple of 8 on CUDA, or to
     ``pad_to``), run on the model's device in eval/inference mode, pooled, and put back in input order.
     """
     check_pooling(model, pooling)
     model.eval()
     device = next(model.parameters()).device
-    collate = Collator(pad_id=pad_id, multiple_of=8, pad_to=pad_to)
+    collate = Collator(pad_id=pad_id, multiple_of=padding_multiple(device), pad_to=pad_to)
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # stable: ties keep input order
     out: np.ndarray | None = None
     for start in range(0, len(order), batch_size):
@@ -330,7 +330,8 @@ def compute_typicality(config: TypicalityConfig) -> Path:
     model.to(device=select_device(), dtype=torch.float32)
     logger.info("embedding %d examples of %s with %s (%s pooling) on %s", len(examples), paths.train,
                 config.model, config.pooling, next(model.parameters()).device)
-    embeddings = embed_examples(examples, model, tokenizer, config.pooling, config.max_length,
+    max_length = usable_max_length(config.max_length, model.config, tokenizer)
+    embeddings = embed_examples(examples, model, tokenizer, config.pooling, max_length,
                                 config.batch_size, use_cache=config.use_cache)
     scores, prototypes, fallback = typicality_scores(
         embeddings, [ex.domain for ex in examples], [ex.label for ex in examples], config.alpha, config.aggregation)

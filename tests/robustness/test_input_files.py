@@ -441,6 +441,23 @@ def test_long_texts_are_truncated_with_a_counted_warning(tiny_model_dir, caplog)
     assert max(ds.lengths()) == 64 and ds.truncated == 2
 
 
+def test_max_length_beyond_the_model_is_capped_with_a_warning(tiny_model_dir, tmp_path, caplog, capsys):
+    """The tiny model has 128 positions: --max-length 1000 would crash inside it; it is capped instead."""
+    from helpers import synthetic
+    from metaft.corpora import write_mft_tsv
+
+    data = tmp_path / "data"
+    train = synthetic(12, ["book", "film"], 0) + [Example("long", "good " * 400, "pos", "book")]
+    write_mft_tsv(data / "train.tsv", train)
+    write_mft_tsv(data / "dev.tsv", synthetic(6, ["book", "film"], 1))
+    common = ["--data-dir", str(data), "--model", str(tiny_model_dir), "--max-length", "1000"]
+    with caplog.at_level(logging.WARNING):
+        assert main(["-q", "preprocess", *common]) == 0
+        assert main(["-q", "meta-finetune", *common, "--out", str(tmp_path / "meta"), "--epochs", "1"]) == 0
+    assert "max length 1000 is more than the model takes (128 tokens): using 128" in caplog.text
+    assert "1 of 13 texts are longer than 128 tokens" in caplog.text
+
+
 # ------------------------------------------------------------------------------------------------
 # End to end: random small user files through ``metaft prepare`` give exit code 0 or one error line.
 

@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     except MetaftError as exc:
         print(f"metaft: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. a full disk or a read-only folder outside the checkpoint saves
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"metaft: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("metaft: interrupted", file=sys.stderr)
         return 130

@@ -41,6 +41,8 @@ def register(subparsers) -> None:
     p.add_argument("--finetune", action="append", metavar="KEY=VALUE", default=[], help="fine-tuning setting")
     p.add_argument("--typicality", action="append", metavar="KEY=VALUE", default=[], help="stage-1 setting")
     p.add_argument("--no-pca", dest="pca", action="store_false", default=None, help="skip the embedding PCA plot")
+    p.add_argument("--jobs", type=int, help="units run at once in worker processes (default 0 = automatic: 2 on "
+                                            "a CPU-only machine with 2+ cores, else 1)")
     p.add_argument("--force", action="store_true", default=None, help="redo finished units")
     p.set_defaults(func=run_main)
 
@@ -75,7 +77,7 @@ def run_main(args) -> int:
     from ..study import ABLATIONS, run_study, study_config_from
 
     file_settings = load_config_file(args.config) if args.config else {}
-    overrides = {k: getattr(args, k) for k in ("out", "group", "input", "corpora", "model", "pca", "force")
+    overrides = {k: getattr(args, k) for k in ("out", "group", "input", "corpora", "model", "pca", "force", "jobs")
                  if getattr(args, k, None) is not None}
     if hasattr(args, "k"):
         overrides["k"] = args.k

@@ -83,6 +83,11 @@ def _common(p: argparse.ArgumentParser, cls) -> None:
     add("--mixed-precision", dest="mixed_precision", choices=("auto", "no", "bf16", "fp16"), default=S,
         help="auto (default) = bf16 on CUDA devices that support it, else none")
     add("--compile", action="store_true", default=S, help="torch.compile the model")
+    add("--group-by-length", dest="group_by_length", action="store_true", default=S,
+        help="batch texts of similar length together (less padding; the order stays seeded)")
+    add("--save-state-every", dest="save_state_every_s", type=float, default=S, metavar="SECONDS",
+        help=f"save the resumable training state at an evaluation at most this often (default "
+             f"{d.save_state_every_s:g}; 0 = at every evaluation)")
     add("--resume", action="store_true", default=S, help="continue an interrupted run from its last evaluation")
     add("--force", action="store_true", default=S, help="overwrite an existing run folder")
     add("--trust-remote-code", dest="trust_remote_code", action="store_true", default=S)
@@ -114,7 +119,8 @@ def register(subparsers) -> None:
     add("--no-typicality", dest="typicality", action="store_false", default=S,
         help="weight every example 1.0 (ablation); default: scores of `metaft preprocess`")
     add("--typicality-norm", dest="typicality_norm", choices=("none", "mean", "mean-global"), default=S,
-        help="divide scores by their per-domain mean (default), the overall mean, or not at all")
+        help="divide scores by their overall mean (default, chosen on g1 dev sets), their per-domain mean, "
+             "or not at all")
     meta.set_defaults(func=run_meta)
 
     ft = subparsers.add_parser(
