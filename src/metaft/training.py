@@ -134,7 +134,12 @@ def _cpu_processes() -> bool:
 
 
 def make_accelerator(mixed_precision: str = "auto"):
+    """The accelerate object of a run; on CUDA it also lets fp32 matmuls use TF32 tensor cores (process-wide)."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
     # the scheduler is stepped by hand once per optimiser step: its length is already in global steps
     return Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision), cpu=_cpu_processes(),
