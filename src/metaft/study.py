@@ -261,8 +261,8 @@ def _worker_init(threads: int, log_level: int) -> None:
 
 def _execute(cfg: StudyConfig, plan: list[_Unit], group: str, on_done) -> None:
     """Run the unfinished units of ``plan``, ``resolve_jobs(cfg.jobs)`` at a time in worker processes,
-    each as soon as the meta stage it starts from is done; ``on_done(unit, results)`` in plan order of
-    completion. Finished units are not rerun."""
+    each as soon as the meta stage it starts from is done, and call ``on_done(unit, results)`` as each one
+    completes. Finished units are not rerun (they are reported first, in plan order)."""
     results: dict[tuple, dict] = {}
 
     def model_for(unit: _Unit) -> str:
