@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +27,7 @@ def test_study_runs_every_unit_and_writes_report(tiny_study):
     assert units == {(v, d) for v in ("baseline", "mft", "multitask") for d in ("SST-2", "MR", "CR")}
     assert all(0.0 <= u["test_accuracy"] <= 1.0 for u in study["units"])
     assert {m["variant"] for m in study["meta"]} == {"mft", "multitask"}
-    report = (tmp := __import__("pathlib").Path(cfg.out)) / "report.md"
+    report = (tmp := Path(cfg.out)) / "report.md"
     assert report.is_file() and "| SST-2 | mft |" in report.read_text()
     for png in ("accuracy.png", "curves.png", "typicality.png", "pca.png"):
         assert (tmp / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -67,14 +68,12 @@ def test_rerun_with_other_settings_is_refused(tiny_study):
     changed = cfg.replace(finetune={**cfg.finetune, "learning_rate": 3e-4})
     with pytest.raises(ConfigError, match="other settings.*finetune.*--force"):
         run_study(changed)
-    assert json.loads((__import__("pathlib").Path(cfg.out) / "config.json").read_text())["finetune"] == cfg.finetune
+    assert json.loads((Path(cfg.out) / "config.json").read_text())["finetune"] == cfg.finetune
 
 
 def test_predict_round_trips_a_saved_model(tiny_study, tmp_path, capsys):
     cfg, study = tiny_study
     unit = next(u for u in study["units"] if u["variant"] == "mft" and u["domain"] == "SST-2")
-    from pathlib import Path
-
     model_dir = Path(cfg.out) / unit["path"] / "best"
     texts = ["a great movie", "a terrible and boring plot"]
     src = tmp_path / "in.txt"

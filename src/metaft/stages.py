@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import time
@@ -18,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from .config import FinetuneConfig, MetaConfig
+from .config import FinetuneConfig, MetaConfig, write_json
 from .corpora import Example, read_mft_tsv
-from .errors import ConfigError, DataError, writing
+from .errors import ConfigError, DataError
 from .features import EncodedDataset
 from .hub import load_tokenizer, usable_max_length
 from .locking import LOCK_FILE, run_lock
@@ -167,10 +166,7 @@ def finish_run(run_dir: Path, results_file: str, results: dict, stale: Sequence[
     if state.is_main_process:
         for path in stale:
             shutil.rmtree(path, ignore_errors=True)
-        tmp = run_dir / f".{results_file}.tmp"
-        with writing(run_dir / results_file):
-            tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-            os.replace(tmp, run_dir / results_file)
+        write_json(run_dir / results_file, results)
         shutil.rmtree(run_dir / STATE_DIR, ignore_errors=True)  # finished: nothing left to resume
     state.wait_for_everyone()
 

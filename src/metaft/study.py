@@ -36,8 +36,9 @@ from .config import (
     TypicalityConfig,
     _check,
     _Config,
+    write_json,
 )
-from .errors import ConfigError, writing
+from .errors import ConfigError
 from .hub import DEFAULT_MODEL
 from .locking import run_lock
 from .report import BASELINE
@@ -136,29 +137,6 @@ def _typicality(cfg: StudyConfig, cross: Path) -> float:
     return time.perf_counter() - t0
 
 
-def _meta(cfg: StudyConfig, variant: str, seed: int, cross: Path, out: Path, group: str) -> dict:
-    from .stages import meta_finetune
-
-    done = _read_json(out / "meta_results.json")
-    if done is None or cfg.force:
-        settings = {**cfg.meta, **VARIANTS[variant], "task_name": group}
-        meta_finetune(MetaConfig(**settings, data_dir=str(cross), model=cfg.model, out=str(out), seed=seed,
-                                 resume=not cfg.force and out.exists(), force=cfg.force))
-        done = _read_json(out / "meta_results.json")
-    return done
-
-
-def _finetune(cfg: StudyConfig, model: str, seed: int, single: Path, out: Path) -> dict:
-    from .stages import finetune
-
-    done = _read_json(out / "results.json")
-    if done is None or cfg.force:
-        finetune(FinetuneConfig(**cfg.finetune, data_dir=str(single), model=model, out=str(out), seed=seed,
-                                resume=not cfg.force and out.exists(), force=cfg.force))
-        done = _read_json(out / "results.json")
-    return done
-
-
 def _unit_record(seed: int, variant: str, domain: str, result: dict, path: Path, run: Path) -> dict:
     test = result["test"]
     return {"seed": seed, "variant": variant, "domain": domain, "test_accuracy": test["accuracy"],
@@ -204,6 +182,10 @@ class _Unit:
     def key(self) -> tuple[int, str, str | None]:
         return self.seed, self.variant, self.domain
 
+    @property
+    def results_file(self) -> Path:
+        return self.out / ("results.json" if self.domain else "meta_results.json")
+
 
 def _plan(cfg: StudyConfig, run: Path, group: str, domains: list[str]) -> list[_Unit]:
     """Every unit in report order (per seed: meta stages, then per domain every variant)."""
@@ -220,16 +202,32 @@ def _plan(cfg: StudyConfig, run: Path, group: str, domains: list[str]) -> list[_
 
 
 def _finished(cfg: StudyConfig, unit: _Unit) -> dict | None:
-    return None if cfg.force else _read_json(unit.out / ("results.json" if unit.domain else "meta_results.json"))
+    """The results of a finished unit (None if it has none yet, or under ``force``)."""
+    return None if cfg.force else _read_json(unit.results_file)
+
+
+def _snapshot(meta_unit: _Unit, results: dict) -> str:
+    """The best meta-learner folder of a finished meta stage (what its fine-tuning runs start from)."""
+    return str((meta_unit.out / results["best_model_name"]).resolve())
 
 
 def _run_unit(cfg: StudyConfig, unit: _Unit, model: str, group: str) -> dict:
-    """Run one unit (in this process or a worker); returns its results file's content."""
+    """Run one unit unless it is finished (in this process or a worker); returns its results file's content."""
+    from .stages import finetune, meta_finetune
+
+    done = _finished(cfg, unit)
+    if done is not None:
+        return done
+    common = dict(data_dir=str(unit.data), out=str(unit.out), seed=unit.seed,
+                  resume=not cfg.force and unit.out.exists(), force=cfg.force)
     if unit.domain is None:
         logger.info("seed %s: meta-finetune %s", unit.seed, unit.variant)
-        return _meta(cfg, unit.variant, unit.seed, unit.data, unit.out, group)
-    logger.info("seed %s: finetune %s on %s", unit.seed, unit.variant, unit.domain)
-    return _finetune(cfg, model, unit.seed, unit.data, unit.out)
+        settings = {**cfg.meta, **VARIANTS[unit.variant], "task_name": group}
+        meta_finetune(MetaConfig(**settings, model=cfg.model, **common))
+    else:
+        logger.info("seed %s: finetune %s on %s", unit.seed, unit.variant, unit.domain)
+        finetune(FinetuneConfig(**cfg.finetune, model=model, **common))
+    return _read_json(unit.results_file)
 
 
 def resolve_jobs(jobs: int) -> int:
@@ -263,21 +261,20 @@ def _execute(cfg: StudyConfig, plan: list[_Unit], group: str, on_done) -> None:
     """Run the unfinished units of ``plan``, ``resolve_jobs(cfg.jobs)`` at a time in worker processes,
     each as soon as the meta stage it starts from is done, and call ``on_done(unit, results)`` as each one
     completes. Finished units are not rerun (they are reported first, in plan order)."""
-    results: dict[tuple, dict] = {}
+    snapshots: dict[tuple, str] = {}  # meta stages done: key -> best meta-learner folder
 
     def model_for(unit: _Unit) -> str:
-        if unit.domain is None or unit.variant == BASELINE:
-            return cfg.model
-        return str((unit.out.parents[2] / "meta" / unit.variant / results[unit.needs]["best_model_name"]).resolve())
+        return cfg.model if unit.needs is None else snapshots[unit.needs]
 
     def finish(unit: _Unit, res: dict) -> None:
-        results[unit.key] = res
+        if unit.domain is None:
+            snapshots[unit.key] = _snapshot(unit, res)
         on_done(unit, res)
 
     todo = []
     for unit in plan:
         done = _finished(cfg, unit)
-        if done is not None and (unit.needs is None or unit.needs in results):
+        if done is not None and (unit.needs is None or unit.needs in snapshots):
             finish(unit, done)
         else:
             todo.append(unit)
@@ -296,7 +293,7 @@ def _execute(cfg: StudyConfig, plan: list[_Unit], group: str, on_done) -> None:
                              initargs=(threads, logging.getLogger().getEffectiveLevel())) as pool:
         running: dict = {}
         while todo or running:
-            for unit in [u for u in todo if u.needs is None or u.needs in results][:jobs - len(running)]:
+            for unit in [u for u in todo if u.needs is None or u.needs in snapshots][:jobs - len(running)]:
                 todo.remove(unit)
                 running[pool.submit(_run_unit, cfg, unit, model_for(unit), group)] = unit
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -326,31 +323,31 @@ def _run_study(cfg: StudyConfig) -> dict:
         study["typicality"].append({"seed": seed, "path": str((cross / "typicality.tsv").relative_to(run)),
                                     "wall_time_s": seconds})
     plan = _plan(cfg, run, group, domains)
-    records: dict[tuple, dict] = {}
+    metas: dict[tuple, dict] = {}
+    units: dict[tuple, dict] = {}
+    mft_snapshots: dict[int, str] = {}  # seed -> MFT meta-learner (for the PCA plot)
 
     def on_done(unit: _Unit, res: dict) -> None:
         if unit.domain is None:
-            records[unit.key] = {"seed": unit.seed, "variant": unit.variant,
-                                 "dev_accuracy": res["best_dev_accuracy"], "wall_time_s": res.get("wall_time_s", 0.0),
-                                 "path": str(unit.out.relative_to(run)), "best_model_name": res["best_model_name"]}
+            metas[unit.key] = {"seed": unit.seed, "variant": unit.variant, "dev_accuracy": res["best_dev_accuracy"],
+                               "wall_time_s": res.get("wall_time_s", 0.0), "path": str(unit.out.relative_to(run))}
+            if unit.variant == "mft":
+                mft_snapshots[unit.seed] = _snapshot(unit, res)
         else:
-            records[unit.key] = _unit_record(unit.seed, unit.variant, unit.domain, res, unit.out, run)
-        in_order = [records[u.key] for u in plan if u.key in records]
-        study["meta"] = [{k: v for k, v in r.items() if k != "best_model_name"} for r in in_order if "domain" not in r]
-        study["units"] = [r for r in in_order if "domain" in r]
-        _write_json(run / "study.json", study)
+            units[unit.key] = _unit_record(unit.seed, unit.variant, unit.domain, res, unit.out, run)
+        study["meta"] = [metas[u.key] for u in plan if u.key in metas]
+        study["units"] = [units[u.key] for u in plan if u.key in units]
+        write_json(run / "study.json", study)
 
     _execute(cfg, plan, group, on_done)
     if cfg.pca:
         for seed in cfg.seeds:
             pca_path = run / f"seed-{seed}" / "pca.json"
             if not pca_path.is_file() or cfg.force:
-                meta = records[(seed, "mft", None)]
                 cross = run / "data" / "k-shot-cross" / group / _tag(cfg, seed)
-                embedding_pca(cross, cfg.model, str((run / meta["path"] / meta["best_model_name"]).resolve()),
-                              pca_path)
+                embedding_pca(cross, cfg.model, mft_snapshots[seed], pca_path)
             study["pca"].append({"seed": seed, "path": str(pca_path.relative_to(run))})
-    _write_json(run / "study.json", study)
+    write_json(run / "study.json", study)
     study["report"] = str(write_report(run))
     return study
 
@@ -364,13 +361,6 @@ def hyperparameter_note(cfg: StudyConfig) -> str:
               (SEED_RECIPE_META, SEED_RECIPE_FINETUNE) else "set in config.json")
     return (f"{origin} (meta stage: {fmt(cfg.meta)}; fine-tuning: {fmt(cfg.finetune)}); no setting was tuned "
             "on a test set, and every checkpoint is selected on a dev set")
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with writing(path):
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-        tmp.replace(path)
 
 
 def nearest_centroid_accuracy(x: np.ndarray, groups: list[str]) -> float:
@@ -407,7 +397,7 @@ def embedding_pca(cross: Path, model: str, meta_folder: str, out: Path) -> Path:
     after = embed_examples(examples, encoder, tok, "mean")
     domains = [ex.domain for ex in examples]
     pb, pa = pca_2d(before.astype(np.float64), after.astype(np.float64))
-    _write_json(out, {"domains": domains, "before": pb.round(5).tolist(), "after": pa.round(5).tolist(),
+    write_json(out, {"domains": domains, "before": pb.round(5).tolist(), "after": pa.round(5).tolist(),
                       "before_domain_separation": nearest_centroid_accuracy(before, domains),
                       "after_domain_separation": nearest_centroid_accuracy(after, domains)})
     return out

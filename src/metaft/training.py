@@ -295,10 +295,9 @@ class _Loop:
         self.scheduler = build_scheduler(optimizer, self.total_steps, cfg.warmup_ratio)
         model = torch.compile(self.raw) if cfg.compile else self.raw
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        pad_to = getattr(cfg, "pad_to_length", None)
-        self.dev_loader = eval_loader(task.dev_set, cfg.eval_batch_size, accelerator, cfg.pad_to_multiple_of, pad_to)
         multiple = cfg.pad_to_multiple_of or padding_multiple(accelerator.device)
-        self.collate = Collator(task.train_set.pad_id, multiple, pad_to)
+        self.dev_loader = eval_loader(task.dev_set, cfg.eval_batch_size, accelerator, multiple, cfg.pad_to_length)
+        self.collate = Collator(task.train_set.pad_id, multiple, cfg.pad_to_length)
         self.step, self.elapsed0, self.history = 0, 0.0, []
         self.best = {"accuracy": -1.0, "step": 0, "name": None, "dev": {}}
         self._perm: tuple[int, list[int]] | None = None

@@ -33,21 +33,17 @@ def cli_finetune(single: Path, model: Path, out: Path, *extra: str) -> list[str]
             "--save-state-every", "0", *extra]
 
 
-def break_loss_at(monkeypatch, step: int, action):
-    """Make stage 3's loss call ``action(loss)`` at training step ``step`` (0-based); returns the call log."""
+def break_loss_at(monkeypatch, step: int, action) -> None:
+    """Make stage 3's loss call ``action(loss parts)`` at training step ``step`` (0-based)."""
     import metaft.stages as stages
 
-    real, seen = stages.ce_loss, {}
+    real = stages.ce_loss
 
     def loss(model, batch, s):
         out = real(model, batch, s)
-        if s == step:
-            seen["before"] = True
-            out = action(out)
-        return out
+        return action(out) if s == step else out
 
     monkeypatch.setattr(stages, "ce_loss", loss)
-    return seen
 
 
 def one_error_line(err: str) -> str:
