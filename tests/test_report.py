@@ -82,6 +82,24 @@ def test_report_numbers_equal_an_independent_computation(synthetic_run):
     assert "ddof = 1" in report
 
 
+def test_ablations_are_compared_with_full_mft(synthetic_run):
+    run, study = synthetic_run
+    report = write_report(run).read_text()
+    rows = {}
+    for line in report.split("## Ablations against full MFT")[1].split("##")[0].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0] in DOMAINS:
+            rows[(cells[0], cells[1])] = cells
+    assert set(rows) == {(d, "no-typicality") for d in DOMAINS}
+    for d in DOMAINS:
+        acc = {v: {u["seed"]: u["test_accuracy"] for u in study["units"] if u["domain"] == d and u["variant"] == v}
+               for v in ("mft", "no-typicality")}
+        diffs = [acc["no-typicality"][s] - acc["mft"][s] for s in SEEDS]
+        assert float(rows[(d, "no-typicality")][2]) == pytest.approx(100 * statistics.mean(diffs), abs=0.006)
+        assert rows[(d, "no-typicality")][3] == f"{sum(x > 0 for x in diffs)} / {sum(x < 0 for x in diffs)} / " \
+                                               f"{sum(x == 0 for x in diffs)}"
+
+
 def test_every_plot_is_a_valid_png(synthetic_run):
     run, _ = synthetic_run
     report = write_report(run).read_text()

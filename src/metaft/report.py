@@ -2,7 +2,8 @@
 
 Conventions: mean ± std over seeds with the *sample* standard deviation (ddof = 1; "–" for one seed).
 Accuracies are percentages on each domain's test set, for the checkpoint chosen on that domain's dev set.
-Δ vs baseline is the mean over seeds of the paired difference (same seed, same splits).
+Δ vs baseline is the mean over seeds of the paired difference (same seed, same splits); each ablation is
+also compared with full MFT the same way, which is what says whether the part it removes helps.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 BASELINE = "baseline"
+MFT = "mft"
 PLOTS = ("accuracy.png", "curves.png", "typicality.png", "pca.png")
 
 
@@ -40,28 +42,38 @@ def _ordered(items) -> list:
 
 def variants_of(units: list[dict]) -> list[str]:
     found = _ordered(u["variant"] for u in units)
-    return sorted(found, key=lambda v: (v != BASELINE, v != "mft", found.index(v)))
+    return sorted(found, key=lambda v: (v != BASELINE, v != MFT, found.index(v)))
+
+
+def paired(per_seed: dict[int, float], reference: dict[int, float]) -> dict[str, float] | None:
+    """Mean paired difference to ``reference`` over the seeds both have, with its sign counts; None if none."""
+    diffs = [per_seed[s] - reference[s] for s in per_seed if s in reference]
+    if not diffs:
+        return None
+    return {"delta_mean": sum(diffs) / len(diffs), "wins": sum(x > 0 for x in diffs),
+            "losses": sum(x < 0 for x in diffs), "ties": sum(x == 0 for x in diffs)}
 
 
 def summarise(study: dict) -> dict[str, Any]:
-    """Per domain and variant: per-seed test accuracies, mean, std and the paired difference to baseline."""
+    """Per domain and variant: per-seed test accuracies, mean, std and the paired differences to the baseline
+    (keys ``delta_mean``, ``wins``, ``losses``, ``ties``) and, for ablations, to full MFT (``vs_mft``)."""
     acc: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
     for u in study["units"]:
         acc[(u["domain"], u["variant"])][u["seed"]] = u["test_accuracy"]
     domains = _ordered(u["domain"] for u in study["units"])
     rows = []
     for d in domains:
-        base = acc.get((d, BASELINE), {})
+        base, mft = acc.get((d, BASELINE), {}), acc.get((d, MFT), {})
         for v in variants_of(study["units"]):
             per_seed = dict(sorted(acc.get((d, v), {}).items()))
             if not per_seed:
                 continue
             mean, std = mean_std(list(per_seed.values()))
             row = {"domain": d, "variant": v, "per_seed": per_seed, "mean": mean, "std": std}
-            paired = [per_seed[s] - base[s] for s in per_seed if s in base]
-            if v != BASELINE and paired:
-                row.update(delta_mean=sum(paired) / len(paired), wins=sum(x > 0 for x in paired),
-                           losses=sum(x < 0 for x in paired), ties=sum(x == 0 for x in paired))
+            if v != BASELINE and (vs_base := paired(per_seed, base)):
+                row.update(vs_base)
+            if v not in (BASELINE, MFT) and (vs_mft := paired(per_seed, mft)):
+                row["vs_mft"] = vs_mft
             rows.append(row)
     return {"domains": domains, "variants": variants_of(study["units"]), "rows": rows}
 
@@ -78,6 +90,18 @@ def domain_table(summary: dict) -> list[str]:
         delta = f"{r['delta_mean'] * 100:+.2f}" if "delta_mean" in r else ""
         wlt = f"{r['wins']} / {r['losses']} / {r['ties']}" if "wins" in r else ""
         lines.append(f"| {r['domain']} | {r['variant']} | {_pct(r['mean'], r['std'])} | {per_seed} | {delta} | {wlt} |")
+    return lines
+
+
+def ablation_table(summary: dict) -> list[str]:
+    rows = [r for r in summary["rows"] if "vs_mft" in r]
+    if not rows:
+        return []
+    lines = ["| domain | ablation | Δ vs full MFT | wins / losses / ties |", "|---|---|---|---|"]
+    for r in rows:
+        p = r["vs_mft"]
+        lines.append(f"| {r['domain']} | {r['variant']} | {p['delta_mean'] * 100:+.2f} | "
+                     f"{p['wins']} / {p['losses']} / {p['ties']} |")
     return lines
 
 
@@ -129,12 +153,16 @@ def render(study: dict, summary: dict, plots: list[str]) -> str:
         "(ddof = 1) over seeds; Δ = mean paired difference to the baseline (same seed and splits).", "",
         "## Per-domain test accuracy", "", *domain_table(summary), "",
     ]
-    verdicts = [r for r in summary["rows"] if r["variant"] == "mft" and "delta_mean" in r]
+    verdicts = [r for r in summary["rows"] if r["variant"] == MFT and "delta_mean" in r]
     if verdicts:
         losers = [r["domain"] for r in verdicts if r["delta_mean"] <= 0]
         parts.append("MFT beats the baseline on every domain (mean over seeds)." if not losers else
                      f"**MFT does not beat the baseline on: {', '.join(losers)}** (mean over seeds).")
         parts.append("")
+    if ablation_lines := ablation_table(summary):
+        parts += ["## Ablations against full MFT", "",
+                  "Mean paired difference (ablation − MFT, same seed and splits) and its sign counts: a positive "
+                  "Δ means the removed part did not help on that domain.", "", *ablation_lines, ""]
     if meta_lines := meta_table(study):
         parts += ["## Meta stage (cross-domain dev set)", "", *meta_lines, ""]
     parts += ["## Wall time", "", "Sums of the units' own times; with several units at a time (`--jobs`) the "
