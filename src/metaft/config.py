@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, writing
+from .errors import ConfigError
+from .fileio import write_json
 from .hub import DEFAULT_MODEL
 
 STANDARD_SEEDS = (13, 21, 42, 87, 100)
@@ -39,16 +39,6 @@ class _Config:
 
     def save(self, path: str | Path) -> None:
         write_json(path, self.to_dict(), sort_keys=True)
-
-
-def write_json(path: str | Path, data: Any, sort_keys: bool = False) -> None:
-    """Write ``data`` as indented JSON atomically (a crash leaves the old file or the new one); an OS error
-    (full disk, no permission) becomes an OutputError naming the file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with writing(path):
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=sort_keys) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
 
 
 def _check(cond: bool, msg: str) -> None:

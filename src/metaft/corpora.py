@@ -38,6 +38,7 @@ from functools import partial
 from pathlib import Path
 
 from .errors import ConfigError, DataError
+from .fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -172,11 +173,9 @@ def write_mft_tsv(path: str | Path, examples: Iterable[Example]) -> Path:
     """Write examples in the layout format atomically (temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
         for ex in examples:
             fh.write(format_mft_line(ex))
-    tmp.replace(path)
     return path
 
 

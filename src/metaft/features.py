@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from .corpora import Example
+from .errors import OutputError
+from .fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +94,10 @@ def _save(path: Path, enc: Encoded) -> None:
     }
     if enc.type_ids is not None:
         arrays["type_ids"] = np.concatenate(enc.type_ids) if enc.type_ids else np.zeros(0, np.int8)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
     try:
-        np.savez(tmp, **arrays)
-        tmp.replace(path)
-    except OSError as exc:  # a cache is an optimisation: never fail a run over it
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    except OutputError as exc:  # a cache is an optimisation: never fail a run over it
         logger.warning("could not write feature cache %s: %s", path, exc)
         tmp.unlink(missing_ok=True)
 

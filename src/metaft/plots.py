@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .fileio import atomic_path
+
 logger = logging.getLogger(__name__)
 
 DEV_KEYS = ("dev_accuracy", "dev/accuracy", "eval_accuracy")
@@ -25,9 +27,8 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
 def accuracy_plot(path: Path, summary: dict) -> None:

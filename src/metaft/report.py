@@ -15,6 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from .fileio import write_text
+
 logger = logging.getLogger(__name__)
 
 BASELINE = "baseline"
@@ -190,7 +192,5 @@ def write_report(run_dir: str | Path) -> Path:
     summary = summarise(study)
     plots = make_plots(run_dir, study, summary)
     out = run_dir / "report.md"
-    tmp = out.with_name(".report.md.tmp")
-    tmp.write_text(render(study, summary, plots), encoding="utf-8")
-    tmp.replace(out)
+    write_text(out, render(study, summary, plots))
     return out

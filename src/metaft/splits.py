@@ -44,7 +44,6 @@ Checks (every failure is one ``file[:line]: problem`` line and exit code 2 from 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import random
 import re
@@ -65,6 +64,7 @@ from .corpora import (
     write_mft_tsv,
 )
 from .errors import ConfigError, DataError
+from .fileio import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -489,9 +489,7 @@ def _write_files(folder: Path, splits: dict[str, list[Example]], manifest: dict)
         "counts": _counts(splits, manifest["domains"], manifest["labels"]),
         "files": files,
     }
-    tmp = folder / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(folder / "manifest.json")
+    write_json(folder / "manifest.json", manifest, ensure_ascii=False)
     logger.debug("wrote %s (%s)", folder, ", ".join(f"{s} {len(e)}" for s, e in splits.items()))
     return folder
 

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
-from .config import FinetuneConfig, MetaConfig, write_json
+from .config import FinetuneConfig, MetaConfig
 from .corpora import Example, read_mft_tsv
 from .errors import ConfigError, DataError
 from .features import EncodedDataset
+from .fileio import write_json
 from .hub import load_tokenizer, usable_max_length
 from .locking import LOCK_FILE, run_lock
 from .losses import grl_coefficient, mft_loss, weighted_cross_entropy

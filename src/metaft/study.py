@@ -36,9 +36,9 @@ from .config import (
     TypicalityConfig,
     _check,
     _Config,
-    write_json,
 )
 from .errors import ConfigError
+from .fileio import write_json
 from .hub import DEFAULT_MODEL
 from .locking import run_lock
 from .report import BASELINE

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from .config import TypicalityConfig
 from .corpora import Example, read_mft_tsv
 from .errors import ConfigError, DataError, MetaftError
 from .features import Collator, encode, masked_mean, padding_multiple
+from .fileio import atomic_path
 from .hub import load_encoder, load_tokenizer, usable_max_length
 
 logger = logging.getLogger(__name__)
@@ -233,12 +233,8 @@ def sha256_file(path: Path) -> str:
 
 def _atomic(path: Path, write: Callable[[Path], object]) -> None:
     """Write through ``write(tmp)`` then rename over ``path``, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_text(path: Path, text: str) -> None:
