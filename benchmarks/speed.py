@@ -59,8 +59,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--skip-throughput", action="store_true", help="only (c)")
     p.add_argument("--no-adamw-torch", action="store_true", help="skip the Trainer adamw_torch (unfused) reference")
     p.add_argument("--mfu", action="store_true", help="also the padded-128 %%-of-matmul-ceiling part on CPU")
+    p.add_argument("--compile-mode", default=None,
+                   help="also time stage 2 under torch.compile in this mode with batches padded to multiples of "
+                        "32 (4 static widths up to 128); default on CUDA: reduce-overhead (CUDA graphs); 'none' skips")
     p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/speed-<device>.json)")
     args = p.parse_args(argv)
+    if args.compile_mode is None:
+        args.compile_mode = "reduce-overhead" if args.device == "cuda" else "none"
     if args.out is None:
         args.out = str(ROOT / "benchmarks" / "results" / f"speed-{args.device}.json")
     return args
@@ -412,6 +417,10 @@ def main(argv=None) -> int:
                 "trainer_sst2_adamw_torch_fused": lambda o: run_trainer(sst2, model, o, 2, 1e-5, "adamw_torch_fused",
                                                                         args),
             }
+            if args.compile_mode != "none":
+                variants["metaft_stage2_compiled"] = lambda o: run_metaft(
+                    2, cross, model, o, 4, args, mp, compile=True, compile_mode=args.compile_mode,
+                    pad_to_multiple_of=32)
             if not args.no_adamw_torch:
                 variants["trainer_g1_adamw_torch"] = lambda o: run_trainer(cross, model, o, 4, 5e-5, "adamw_torch",
                                                                            args)
@@ -432,6 +441,9 @@ def main(argv=None) -> int:
                 "stage3_vs_trainer_fused": eps["metaft_stage3_ce"] / eps["trainer_sst2_adamw_torch_fused"],
                 "domain_loss_time_overhead": eps["metaft_stage2_no_domain_loss"] / eps["metaft_stage2_corrupt"] - 1,
             }
+            if args.compile_mode != "none":
+                ratios["stage2_compiled_vs_trainer_fused"] = (eps["metaft_stage2_compiled"]
+                                                              / eps["trainer_g1_adamw_torch_fused"])
             if not args.no_adamw_torch:
                 ratios["stage2_vs_trainer_adamw_torch"] = eps["metaft_stage2_corrupt"] / eps["trainer_g1_adamw_torch"]
                 ratios["stage3_vs_trainer_adamw_torch"] = eps["metaft_stage3_ce"] / eps["trainer_sst2_adamw_torch"]
@@ -442,6 +454,9 @@ def main(argv=None) -> int:
                 say(f"  {k:32s} {v['examples_per_s']:8.2f} examples/s  runs {v['runs_examples_per_s']}")
             say(f"  stage 2 / Trainer (adamw_torch_fused):  {ratios['stage2_vs_trainer_fused']:.3f}")
             say(f"  stage 3 / Trainer (adamw_torch_fused):  {ratios['stage3_vs_trainer_fused']:.3f}")
+            if args.compile_mode != "none":
+                say(f"  stage 2 compiled ({args.compile_mode}, widths of 32) / Trainer (adamw_torch_fused): "
+                    f"{ratios['stage2_compiled_vs_trainer_fused']:.3f} (GPU target >= 3)")
             if not args.no_adamw_torch:
                 say(f"  stage 2 / Trainer (adamw_torch):        {ratios['stage2_vs_trainer_adamw_torch']:.3f}")
                 say(f"  stage 3 / Trainer (adamw_torch):        {ratios['stage3_vs_trainer_adamw_torch']:.3f}")

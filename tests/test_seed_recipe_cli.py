@@ -78,3 +78,22 @@ def test_clean_flags_and_help(data, tiny_model_dir, tmp_path, capsys, caplog):
             main([command, "--help"])
         text = capsys.readouterr().out
         assert "--resave_ofrecord" in text and "OneFlow" in text and "--resume" in text
+
+
+def test_compile_and_padding_flags_reach_the_config(tmp_path):
+    import argparse
+
+    from metaft.cli import build_parser
+    from metaft.cli.train import make_config
+    from metaft.config import FinetuneConfig
+
+    def config(*flags):
+        args = build_parser().parse_args(["finetune", "--data-dir", str(tmp_path), *flags])
+        return make_config(args, FinetuneConfig, "finetune")
+
+    assert (config().compile, config().compile_mode, config().pad_to_multiple_of) == (False, "default", 0)
+    assert (config("--compile").compile, config("--compile").compile_mode) == (True, "default")
+    cfg = config("--compile", "reduce-overhead", "--pad-to-multiple-of", "32")
+    assert (cfg.compile, cfg.compile_mode, cfg.pad_to_multiple_of) == (True, "reduce-overhead", 32)
+    with pytest.raises((SystemExit, argparse.ArgumentError)):
+        config("--compile", "fastest")

@@ -128,6 +128,43 @@ def test_existing_run_folders_need_force_or_resume(reference_run, tiny_model_dir
     assert forced["total_steps"] == 6
 
 
+def test_a_run_written_before_a_setting_existed_still_resumes(reference_run, tiny_model_dir, single, tmp_path):
+    """metaft versions add settings; a run folder whose config.json lacks one resumes if it has its default."""
+    from metaft.stages import finetune
+
+    run, res = tmp_path / "old", reference_run[1]
+    shutil.copytree(reference_run[0], run)
+    saved = json.loads((run / "config.json").read_text())
+    del saved["compile_mode"], saved["group_by_length"]
+    (run / "config.json").write_text(json.dumps(saved))
+    cfg = ft_config(single, tiny_model_dir, run, resume=True)
+    assert cfg.changed_from(saved, ignored=("out", "resume")) == {}
+    assert cfg.replace(compile_mode="reduce-overhead").changed_from(saved, ignored=("out", "resume")) == {
+        "compile_mode": ("default", "reduce-overhead")}
+    (run / "results.json").unlink()
+    assert comparable(finetune(cfg)) == comparable(res)
+    with pytest.raises(ConfigError, match="group_by_length: False -> True"):
+        finetune(cfg.replace(group_by_length=True))
+
+
+def test_compiled_training_uses_few_static_graphs_and_saves_plain_weights(reference_run, tiny_model_dir, single,
+                                                                          tmp_path):
+    """--compile with batches padded to multiples of 16: one graph per (width, batch) shape, a model that learns,
+    and a best/ folder that loads like any other (no torch.compile prefixes in the weights)."""
+    import torch._dynamo
+
+    from helpers import weights_of
+    from metaft.stages import finetune
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    res = finetune(ft_config(single, tiny_model_dir, tmp_path / "run", compile=True, pad_to_multiple_of=16))
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert 1 <= graphs <= 4, graphs  # texts of 4-8 words: widths 16 (32 at most) x (full, short last batch)
+    assert res["best_dev_accuracy"] > 0.6  # chance is 1/3; as the eager reference run
+    assert weights_of(tmp_path / "run" / "best").keys() == weights_of(reference_run[0] / "best").keys()
+
+
 def test_resume_after_a_crash_matches_an_uninterrupted_run(reference_run, tiny_model_dir, single, tmp_path, monkeypatch):
     import metaft.stages as stages
 

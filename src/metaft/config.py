@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from .fileio import write_json
 from .hub import DEFAULT_MODEL
 
 STANDARD_SEEDS = (13, 21, 42, 87, 100)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class _Config:
@@ -33,6 +35,21 @@ class _Config:
         for k, v in data.items():
             kwargs[k] = tuple(v) if isinstance(v, list) else v
         return cls(**kwargs)
+
+    def changed_from(self, saved: dict[str, Any], ignored: Collection[str] = ()) -> dict[str, tuple[Any, Any]]:
+        """Settings that differ from a saved ``config.json``: {name: (saved, now)}. A setting the saved file
+        lacks (written by a metaft that did not have it yet) counts as its default, so older runs still resume."""
+        defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                    for f in dataclasses.fields(self)}
+        now, defaults = json.loads(json.dumps(self.to_dict())), json.loads(json.dumps(
+            {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()
+             if v is not dataclasses.MISSING}))
+        changed = {}
+        for k in sorted(set(saved) | set(now)):
+            old = saved[k] if k in saved else defaults.get(k)
+            if k not in ignored and old != now.get(k):
+                changed[k] = (old, now.get(k))
+        return changed
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -112,7 +129,8 @@ class TrainConfig(_Config):
     pad_to_length: int | None = None  # pad every batch to this many tokens (fixed shapes; the seed system's way)
     group_by_length: bool = False  # batches of similar lengths (less padding); order still seeded
     save_state_every_s: float = 60.0  # resumable state at an evaluation at most this often; 0 = every evaluation
-    compile: bool = False
+    compile: bool = False  # torch.compile the model (static shapes when batches are padded to fixed widths)
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
     resume: bool = False
     force: bool = False
     trust_remote_code: bool = False
@@ -131,6 +149,8 @@ class TrainConfig(_Config):
         _check(self.save_state_every_s >= 0, f"save_state_every_s must be >= 0, got {self.save_state_every_s}")
         _check(self.mixed_precision in ("auto", "no", "bf16", "fp16"),
                f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        _check(self.compile_mode in COMPILE_MODES,
+               f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
         _check(self.max_length > 2, f"max_length must be > 2, got {self.max_length}")
         _check(self.pad_to_length is None or self.pad_to_length > 0,
                f"pad_to_length must be positive, got {self.pad_to_length}")

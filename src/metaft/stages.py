@@ -174,11 +174,8 @@ def finish_run(run_dir: Path, results_file: str, results: dict, stale: Sequence[
 
 def _check_same_config(run_dir: Path, cfg) -> None:
     saved = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-    now = json.loads(json.dumps(cfg.to_dict()))
-    diff = sorted(k for k in set(saved) | set(now)
-                  if k not in _IGNORED_ON_RESUME and saved.get(k) != now.get(k))
-    if diff:
-        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff)
+    if diff := cfg.changed_from(saved, _IGNORED_ON_RESUME):
+        shown = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in diff.items())
         raise ConfigError(f"{run_dir}: cannot resume with different settings ({shown}); "
                           "use the same settings, or --force to start over")
 

@@ -155,10 +155,8 @@ def _check_same_study(run: Path, cfg: StudyConfig) -> None:
     saved = _read_json(run / "config.json")
     if saved is None or cfg.force:
         return
-    now = json.loads(json.dumps(cfg.to_dict()))
-    diff = sorted(k for k in set(saved) | set(now) if k not in _EXTENDABLE and saved.get(k) != now.get(k))
-    if diff:
-        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff)
+    if diff := cfg.changed_from(saved, _EXTENDABLE):
+        shown = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in diff.items())
         raise ConfigError(f"{run}: holds a study with other settings ({shown}); rerun it with the same settings "
                           "(seeds and ablations may change), pass --force to redo it, or choose another folder")
 

@@ -162,6 +162,16 @@ def build_optimizer(model: nn.Module, learning_rate: float, weight_decay: float)
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate, fused=True)
 
 
+def compiled(model: nn.Module, mode: str, static: bool) -> nn.Module:
+    """``torch.compile`` for the training steps. ``static``: batches come in a few fixed widths (padding to a
+    multiple, e.g. 32 up to 128 = 4 widths), so every shape gets its own specialised graph, which is what
+    ``reduce-overhead`` (CUDA graphs) needs; otherwise shapes are left to dynamo's dynamic-shape handling."""
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 64)  # widths x (full, short last batch)
+    return torch.compile(model, mode=mode, dynamic=False if static else None)
+
+
 def build_scheduler(optimizer, total_steps: int, warmup_ratio: float):
     from transformers import get_linear_schedule_with_warmup
 
@@ -293,9 +303,11 @@ class _Loop:
         self.total_steps = planned_steps(n, cfg.batch_size, cfg.epochs, world)
         optimizer = build_optimizer(self.raw, cfg.learning_rate, cfg.weight_decay)
         self.scheduler = build_scheduler(optimizer, self.total_steps, cfg.warmup_ratio)
-        model = torch.compile(self.raw) if cfg.compile else self.raw
-        self.model, self.optimizer = accelerator.prepare(model, optimizer)
         multiple = cfg.pad_to_multiple_of or padding_multiple(accelerator.device)
+        model = compiled(self.raw, cfg.compile_mode, static=multiple > 1 or bool(cfg.pad_to_length)) \
+            if cfg.compile else self.raw
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.eval_model = self.model if not cfg.compile else self.raw  # evaluation shapes would add graphs
         self.dev_loader = eval_loader(task.dev_set, cfg.eval_batch_size, accelerator, multiple, cfg.pad_to_length)
         self.collate = Collator(task.train_set.pad_id, multiple, cfg.pad_to_length)
         self.step, self.elapsed0, self.history = 0, 0.0, []
@@ -362,7 +374,7 @@ class _Loop:
         return {"lr": lr, **{f"loss_{k}": float(v.detach()) for k, v in parts.items()}}
 
     def _evaluate_and_checkpoint(self) -> dict:
-        dev = evaluate(self.model, self.dev_loader, self.task.logits_fn, self.acc, self.task.labels)
+        dev = evaluate(self.eval_model, self.dev_loader, self.task.logits_fn, self.acc, self.task.labels)
         if dev["accuracy"] > self.best["accuracy"]:  # ties keep the earlier checkpoint
             self._save_best(dev)
         record = {"kind": "dev", "step": self.step, "epoch": self.step / self.steps_per_epoch,

@@ -8,7 +8,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..config import FinetuneConfig, MetaConfig
+from ..config import COMPILE_MODES, FinetuneConfig, MetaConfig
 from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,12 @@ def _common(p: argparse.ArgumentParser, cls) -> None:
     add("--dropout", type=float, default=S, help="classifier dropout (default 0.1)")
     add("--mixed-precision", dest="mixed_precision", choices=("auto", "no", "bf16", "fp16"), default=S,
         help="auto (default) = bf16 on CUDA devices that support it, else none")
-    add("--compile", action="store_true", default=S, help="torch.compile the model")
+    add("--compile", dest="compile_mode", nargs="?", const="default", choices=COMPILE_MODES, default=S,
+        metavar="MODE", help="torch.compile the model for training; MODE: default, reduce-overhead (CUDA graphs: "
+                             "pair it with --pad-to-multiple-of 32 so batches come in a few fixed widths), "
+                             "max-autotune, max-autotune-no-cudagraphs")
+    add("--pad-to-multiple-of", dest="pad_to_multiple_of", type=int, default=S, metavar="N",
+        help="pad each batch to the longest text rounded up to a multiple of N (default: 8 on CUDA, 1 on CPU)")
     add("--group-by-length", dest="group_by_length", action="store_true", default=S,
         help="batch texts of similar length together (less padding; the order stays seeded)")
     add("--save-state-every", dest="save_state_every_s", type=float, default=S, metavar="SECONDS",
@@ -143,6 +148,8 @@ def make_config(args, cls, kind: str):
 
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in vars(args).items() if k in names}
+    if "compile_mode" in values:  # --compile [MODE]
+        values["compile"] = True
     if not values.get("data_dir"):
         raise ConfigError(f"give the data folder: metaft {args.command} --data-dir DIR")
     ignored = [f"--{k[8:]}" for k, v in vars(args).items() if k.startswith("oneflow_") and v is not None]
