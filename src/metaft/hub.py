@@ -34,6 +34,16 @@ MODEL_ALIASES = {
 }
 
 
+def from_pretrained(auto_class, source: str | Path, trust_remote_code: bool = False, **kwargs):
+    """``auto_class.from_pretrained`` the metaft way: safetensors only, and float32 weights whatever dtype the
+    checkpoint was saved in (many hub checkpoints are fp16: training keeps fp32 weights, and mixed precision
+    comes from autocast)."""
+    import torch
+
+    return auto_class.from_pretrained(source, use_safetensors=True, dtype=torch.float32,
+                                      trust_remote_code=trust_remote_code, **kwargs)
+
+
 def resolve_model(name_or_path: str | Path) -> str:
     """Return a local folder or hub id for ``name_or_path``; aliases (``minilm``) map to packaged models."""
     name = str(name_or_path)
@@ -100,7 +110,7 @@ def load_encoder(name_or_path: str | Path, trust_remote_code: bool = False):
 
     source = resolve_model(name_or_path)
     try:
-        return AutoModel.from_pretrained(source, use_safetensors=True, trust_remote_code=trust_remote_code)
+        return from_pretrained(AutoModel, source, trust_remote_code)
     except (OSError, ValueError) as exc:
         raise _load_error(name_or_path, "model", exc, trust_remote_code) from None
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from .errors import ConfigError, OutputError
 from .features import masked_mean
-from .hub import resolve_model
+from .hub import from_pretrained, resolve_model
 from .losses import grad_reverse
 
 logger = logging.getLogger(__name__)
@@ -167,10 +167,8 @@ def _load_sequence_classifier(source: str, labels: list[str], dropout: float | N
     if dropout is not None:
         kwargs["classifier_dropout"] = dropout
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
-            path, use_safetensors=True, trust_remote_code=trust_remote_code,
-            ignore_mismatched_sizes=ignore_mismatched_sizes, **kwargs,
-        )
+        return from_pretrained(AutoModelForSequenceClassification, path, trust_remote_code,
+                               ignore_mismatched_sizes=ignore_mismatched_sizes, **kwargs)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{source}: cannot load model ({exc})") from None
 

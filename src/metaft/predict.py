@@ -10,7 +10,7 @@ import torch
 from .corpora import Example
 from .errors import ConfigError
 from .features import Collator, encode
-from .hub import load_tokenizer, resolve_model
+from .hub import from_pretrained, load_tokenizer, resolve_model
 
 
 def load_predictor(model_dir: str | Path, trust_remote_code: bool = False):
@@ -21,8 +21,7 @@ def load_predictor(model_dir: str | Path, trust_remote_code: bool = False):
     path = resolve_model(model_dir)
     recover_folder(path)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, use_safetensors=True, trust_remote_code=trust_remote_code)
+        model = from_pretrained(AutoModelForSequenceClassification, path, trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{model_dir}: cannot load a classifier ({exc})") from None
     return model.eval(), load_tokenizer(path, trust_remote_code)

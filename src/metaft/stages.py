@@ -22,7 +22,7 @@ from .corpora import Example, read_mft_tsv
 from .errors import ConfigError, DataError
 from .features import EncodedDataset
 from .fileio import write_json
-from .hub import load_tokenizer, usable_max_length
+from .hub import from_pretrained, load_tokenizer, usable_max_length
 from .locking import LOCK_FILE, run_lock
 from .losses import grl_coefficient, mft_loss, weighted_cross_entropy
 from .modeling import MODEL_INPUT_KEYS, MetaLearner, load_classifier, recover_folder
@@ -291,8 +291,7 @@ def _test(best_dir: Path, test_set: EncodedDataset, cfg: FinetuneConfig, labels:
     from transformers import AutoModelForSequenceClassification
 
     recover_folder(best_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        best_dir, use_safetensors=True, trust_remote_code=cfg.trust_remote_code)
+    model = from_pretrained(AutoModelForSequenceClassification, best_dir, cfg.trust_remote_code)
     accelerator = make_accelerator(cfg.mixed_precision)
     model = accelerator.prepare_model(model, evaluation_mode=True)  # no DDP wrapper: inference only
     loader = eval_loader(test_set, cfg.eval_batch_size, accelerator, cfg.pad_to_multiple_of, cfg.pad_to_length)

@@ -171,3 +171,22 @@ def _config(tmp: Path, text: str) -> Path:
     folder = _mkdir(tmp / "model")
     (folder / "config.json").write_text(text)
     return folder
+
+
+def test_a_half_precision_checkpoint_is_trained_in_float32(tiny_model_dir, tmp_path):
+    """Many hub checkpoints are saved in fp16: metaft loads every model in float32 (mixed precision is autocast)."""
+    import torch
+    from transformers import AutoModel
+
+    from metaft.modeling import MetaLearner, load_classifier
+
+    half = tmp_path / "fp16"
+    AutoModel.from_pretrained(tiny_model_dir).half().save_pretrained(half)
+    for name in TOKENIZER_FILES:
+        if (tiny_model_dir / name).is_file():
+            shutil.copy(tiny_model_dir / name, half / name)
+    assert {p.dtype for p in AutoModel.from_pretrained(half).parameters()} == {torch.float16}  # transformers' own
+    loaded = [load_encoder(half), load_classifier(str(half), ["0", "1"], head="reinit", dropout=0.1, seed=1),
+              MetaLearner.build(str(half), ["0", "1"], ["a", "b"])]
+    for model in loaded:
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
