@@ -39,11 +39,10 @@ class _Config:
     def changed_from(self, saved: dict[str, Any], ignored: Collection[str] = ()) -> dict[str, tuple[Any, Any]]:
         """Settings that differ from a saved ``config.json``: {name: (saved, now)}. A setting the saved file
         lacks (written by a metaft that did not have it yet) counts as its default, so older runs still resume."""
-        defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
                     for f in dataclasses.fields(self)}
-        now, defaults = json.loads(json.dumps(self.to_dict())), json.loads(json.dumps(
-            {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()
-             if v is not dataclasses.MISSING}))
+        defaults = json.loads(json.dumps({k: v for k, v in defaults.items() if v is not dataclasses.MISSING}))
+        now = json.loads(json.dumps(self.to_dict()))
         changed = {}
         for k in sorted(set(saved) | set(now)):
             old = saved[k] if k in saved else defaults.get(k)

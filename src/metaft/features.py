@@ -99,7 +99,6 @@ def _save(path: Path, enc: Encoded) -> None:
             np.savez(fh, **arrays)
     except OutputError as exc:  # a cache is an optimisation: never fail a run over it
         logger.warning("could not write feature cache %s: %s", path, exc)
-        tmp.unlink(missing_ok=True)
 
 
 def _unflatten(z, n: int) -> Encoded:
