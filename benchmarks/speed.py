@@ -60,8 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-adamw-torch", action="store_true", help="skip the Trainer adamw_torch (unfused) reference")
     p.add_argument("--mfu", action="store_true", help="also the padded-128 %%-of-matmul-ceiling part on CPU")
     p.add_argument("--compile-mode", default=None,
-                   help="also time stage 2 under torch.compile in this mode with batches padded to multiples of "
-                        "32 (4 static widths up to 128); default on CUDA: reduce-overhead (CUDA graphs); 'none' skips")
+                   help="also time stage 2 under torch.compile in this mode (on CUDA with batches padded to "
+                        "multiples of 32: 4 static widths up to 128); default on CUDA: reduce-overhead (CUDA graphs), "
+                        "on CPU: none (skip)")
     p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/speed-<device>.json)")
     args = p.parse_args(argv)
     if args.compile_mode is None:
@@ -418,9 +419,9 @@ def main(argv=None) -> int:
                                                                         args),
             }
             if args.compile_mode != "none":
-                variants["metaft_stage2_compiled"] = lambda o: run_metaft(
+                variants["metaft_stage2_compiled"] = lambda o: run_metaft(  # CPU: dynamic shapes, one graph
                     2, cross, model, o, 4, args, mp, compile=True, compile_mode=args.compile_mode,
-                    pad_to_multiple_of=32)
+                    pad_to_multiple_of=32 if args.device == "cuda" else 0)
             if not args.no_adamw_torch:
                 variants["trainer_g1_adamw_torch"] = lambda o: run_trainer(cross, model, o, 4, 5e-5, "adamw_torch",
                                                                            args)
@@ -455,7 +456,7 @@ def main(argv=None) -> int:
             say(f"  stage 2 / Trainer (adamw_torch_fused):  {ratios['stage2_vs_trainer_fused']:.3f}")
             say(f"  stage 3 / Trainer (adamw_torch_fused):  {ratios['stage3_vs_trainer_fused']:.3f}")
             if args.compile_mode != "none":
-                say(f"  stage 2 compiled ({args.compile_mode}, widths of 32) / Trainer (adamw_torch_fused): "
+                say(f"  stage 2 compiled ({args.compile_mode}) / Trainer (adamw_torch_fused): "
                     f"{ratios['stage2_compiled_vs_trainer_fused']:.3f} (GPU target >= 3)")
             if not args.no_adamw_torch:
                 say(f"  stage 2 / Trainer (adamw_torch):        {ratios['stage2_vs_trainer_adamw_torch']:.3f}")
