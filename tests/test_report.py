@@ -123,3 +123,24 @@ def test_report_cli_and_missing_study(synthetic_run, tmp_path, capsys):
     assert "report:" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "study.json" in capsys.readouterr().err
+
+
+def test_an_interim_report_keeps_only_complete_seeds(synthetic_run, capsys):
+    run, study = synthetic_run
+    study["config"].update(domains=DOMAINS, ablations=VARIANTS[2:])
+    study["units"] = [u for u in study["units"] if (u["seed"], u["variant"], u["domain"]) != (21, "mft", "CR")]
+    (run / "study.json").write_text(json.dumps(study))
+
+    def seeds_in(report: str) -> set[str]:
+        return {cell.split(":")[0].strip() for r in _table_rows(report).values() for cell in r[3].split(",")}
+
+    assert main(["report", str(run), "--complete-seeds"]) == 0
+    report = (run / "report.md").read_text()
+    assert seeds_in(report) == {"13", "42"}
+    assert "complete seeds only (8 finished units of unfinished seeds left out)" in report
+    base = [u["test_accuracy"] for u in study["units"]
+            if u["seed"] in (13, 42) and u["variant"] == "baseline" and u["domain"] == "MR"]
+    assert float(_table_rows(report)[("MR", "baseline")][2].split(" ± ")[0]) == pytest.approx(
+        100 * statistics.mean(base), abs=0.006)
+    assert f"{100 * statistics.mean(base):.2f}" in capsys.readouterr().out  # the console table too
+    assert seeds_in(write_report(run).read_text()) == {"13", "21", "42"}  # without the flag: every unit

@@ -56,6 +56,23 @@ def paired(per_seed: dict[int, float], reference: dict[int, float]) -> dict[str,
             "losses": sum(x < 0 for x in diffs), "ties": sum(x == 0 for x in diffs)}
 
 
+def complete_seeds(study: dict) -> list[int]:
+    """Seeds with a result for every planned (variant, domain) fine-tuning unit of the study."""
+    cfg = study.get("config", {})
+    planned = {(v, d) for v in (BASELINE, MFT, *cfg.get("ablations", [])) for d in cfg.get("domains", [])}
+    have: dict[int, set] = defaultdict(set)
+    for u in study["units"]:
+        have[u["seed"]].add((u["variant"], u["domain"]))
+    return sorted(s for s, got in have.items() if planned <= got)
+
+
+def only_seeds(study: dict, seeds: list[int]) -> dict:
+    """The study restricted to ``seeds`` (units, meta stages, typicality, PCA)."""
+    keep = set(seeds)
+    return {**study, **{k: [x for x in study.get(k, []) if x["seed"] in keep]
+                        for k in ("units", "meta", "typicality", "pca")}}
+
+
 def summarise(study: dict) -> dict[str, Any]:
     """Per domain and variant: per-seed test accuracies, mean, std and the paired differences to the baseline
     (keys ``delta_mean``, ``wins``, ``losses``, ``ties``) and, for ablations, to full MFT (``vs_mft``)."""
@@ -150,6 +167,7 @@ def render(study: dict, summary: dict, plots: list[str]) -> str:
         f"- group: **{cfg.get('group') or ', '.join(summary['domains'])}**, K = {cfg.get('k', '?')}, "
         f"seeds: {', '.join(map(str, seeds))}, model: `{cfg.get('model', '?')}`",
         f"- machine: {study.get('machine', {}).get('description', 'unknown')}",
+        *([f"- **{study['note']}**"] if study.get("note") else []),
         f"- hyper-parameters: {study.get('hyperparameter_note', 'see config.json')}",
         "- accuracy: test set of each domain, checkpoint selected on that domain's dev set; mean ± sample std "
         "(ddof = 1) over seeds; Δ = mean paired difference to the baseline (same seed and splits).", "",
@@ -174,8 +192,9 @@ def render(study: dict, summary: dict, plots: list[str]) -> str:
     return "\n".join(parts)
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Rebuild ``report.md`` and the plots of a study folder from its ``study.json``."""
+def write_report(run_dir: str | Path, complete_only: bool = False) -> Path:
+    """Rebuild ``report.md`` and the plots of a study folder from its ``study.json``; ``complete_only``: only
+    the seeds whose every unit has finished (an interim report of a study still running)."""
     from .errors import DataError
     from .plots import make_plots
 
@@ -187,8 +206,15 @@ def write_report(run_dir: str | Path) -> Path:
         raise DataError(path, "no study.json here: run `metaft run` first") from None
     except json.JSONDecodeError as exc:
         raise DataError(path, f"not valid JSON ({exc.msg})", exc.lineno) from None
+    if complete_only:
+        seeds = complete_seeds(study)
+        left_out = len(study["units"]) - len(only_seeds(study, seeds)["units"])
+        study = only_seeds(study, seeds)
+        study["note"] = (f"interim report: complete seeds only ({left_out} finished units of unfinished seeds "
+                         "left out)")
     if not study.get("units"):
-        raise DataError(path, "the study has no finished fine-tuning results yet")
+        raise DataError(path, "the study has no finished fine-tuning results yet"
+                        + (" for a complete seed" if complete_only else ""))
     summary = summarise(study)
     plots = make_plots(run_dir, study, summary)
     out = run_dir / "report.md"

@@ -48,6 +48,8 @@ def register(subparsers) -> None:
 
     r = subparsers.add_parser("report", help="rebuild report.md and the plots of a study from its JSON results")
     r.add_argument("run_dir")
+    r.add_argument("--complete-seeds", action="store_true",
+                   help="only seeds whose every unit has finished (an interim report of a running study)")
     r.set_defaults(func=report_main)
 
     q = subparsers.add_parser("predict", help="classify texts with a saved model: one JSON line per input line")
@@ -100,10 +102,12 @@ def run_main(args) -> int:
 
 
 def report_main(args) -> int:
-    from ..report import console_table, summarise, write_report
+    from ..report import complete_seeds, console_table, only_seeds, summarise, write_report
 
-    path = write_report(args.run_dir)
+    path = write_report(args.run_dir, complete_only=args.complete_seeds)
     study = json.loads((Path(args.run_dir) / "study.json").read_text(encoding="utf-8"))
+    if args.complete_seeds:
+        study = only_seeds(study, complete_seeds(study))
     print(console_table(summarise(study)))
     print(f"report: {path}")
     return 0
