@@ -12,5 +12,6 @@ dest="benchmarks/results/$name"
 mkdir -p "$dest"
 cp "$run/study.json" "$run/report.md" "$run/config.json" "$dest/"
 cp "$run"/*.png "$dest/" 2>/dev/null || true
+rm -f "$dest/STATUS.md"  # the study finished: no longer a snapshot
 echo "wall time of this invocation: $(( $(date +%s) - start )) s (finished units are skipped on reruns)" > "$dest/last_invocation.txt"
 echo "results in $dest"
