@@ -116,7 +116,8 @@ def ablation_table(summary: dict) -> list[str]:
     rows = [r for r in summary["rows"] if "vs_mft" in r]
     if not rows:
         return []
-    lines = ["| domain | ablation | Δ vs full MFT | wins / losses / ties |", "|---|---|---|---|"]
+    lines = ["| domain | ablation | Δ vs full MFT | seeds where the ablation is better / worse / equal |",
+             "|---|---|---|---|"]
     for r in rows:
         p = r["vs_mft"]
         lines.append(f"| {r['domain']} | {r['variant']} | {p['delta_mean'] * 100:+.2f} | "
