@@ -5,6 +5,8 @@
 #   writes .gpu-carry/ (git-ignored, < 64 MiB): a half-precision copy of the default model (metaft loads it
 #   back in float32) and the corpora the studies read, packed.
 # There, one `run` call with carry [".gpu-carry"] and timeout_s 600:   bash benchmarks/gpu_session.sh run
+#   (extra arguments go to `metaft run`; a CPU smoke test of this path: OUT=/tmp/smoke bash
+#   benchmarks/gpu_session.sh run --meta epochs=0.02 --finetune epochs=0.05)
 #   (1) benchmarks/speed.py --device cuda on a BERT-base-shaped random model: stage 2/3 against the Trainer,
 #       stage 2 compiled (reduce-overhead, widths of 32), % of the bf16 matmul ceiling;
 #   (2) the Amazon study (benchmarks/configs/amazon.yaml) on the half-precision copy of the default model.
@@ -18,7 +20,7 @@ case "${1:-}" in
 prepare)
     corpora="${METAFT_CORPORA:-../shared/data}"
     mkdir -p "$carry"
-    python - "$carry/minilm-fp16" <<'EOF'
+    python3 - "$carry/minilm-fp16" <<'EOF'
 import sys
 from transformers import AutoModel
 from metaft.hub import load_tokenizer, resolve_model
@@ -35,14 +37,15 @@ run)
     mkdir -p "$METAFT_CORPORA" "$OUT/amazon"
     tar xzf "$carry/corpora.tgz" -C "$METAFT_CORPORA"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-    python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+    python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
     start=$(date +%s)
-    timeout 300 python benchmarks/speed.py --device cuda --model bert-base-random --steps 100 --repeats 3 \
+    timeout 300 python3 benchmarks/speed.py --device cuda --model bert-base-random --steps 100 --repeats 3 \
         --e2e-scale 0 --out "$OUT/speed-cuda.json" || echo "speed.py failed or ran out of its 300 s"
     echo "speed: $(( $(date +%s) - start )) s"
     start=$(date +%s)
-    python -m metaft run --config benchmarks/configs/amazon.yaml --model "$PWD/$carry/minilm-fp16" \
-        --out /tmp/bench-amazon
+    shift
+    python3 -m metaft run --config benchmarks/configs/amazon.yaml --model "$PWD/$carry/minilm-fp16" \
+        --out /tmp/bench-amazon "$@"
     echo "amazon study: $(( $(date +%s) - start )) s wall"
     cp /tmp/bench-amazon/{study.json,report.md,config.json} /tmp/bench-amazon/*.png "$OUT/amazon/"
     ;;

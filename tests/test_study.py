@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from metaft.cli import main
+from metaft.errors import ConfigError
 from metaft.study import StudyConfig, run_study
 
 FAST = {"meta": {"epochs": 1, "batch_size": 8, "eval_batch_size": 256, "learning_rate": 1e-4},
@@ -93,3 +94,29 @@ def test_predict_round_trips_a_saved_model(tiny_study, tmp_path, capsys):
 def test_unknown_ablation_is_a_clear_error(capsys):
     assert main(["run", "--ablations", "bogus", "--out", "/tmp/never"]) == 2
     assert "unknown ablation" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("committed", ["amazon.yaml", "g1.yaml"])
+def test_the_committed_study_configs_load(committed):
+    """benchmarks/configs/* as `metaft run --config` reads them (amazon's `k: full` once crashed the study)."""
+    from metaft.config import load_config_file
+
+    cfg = StudyConfig.from_dict(load_config_file(Path(__file__).parents[1] / "benchmarks" / "configs" / committed))
+    assert cfg.k == (None if committed == "amazon.yaml" else 16)
+
+
+@pytest.mark.parametrize("k, expected", [("full", None), ("FULL", None), (None, None), (16, 16), ("16", 16)])
+def test_k_accepts_integers_and_full(k, expected):
+    from metaft.config import PrepareConfig
+
+    assert StudyConfig(k=k).k == PrepareConfig(k=k).k == expected
+
+
+@pytest.mark.parametrize("k", [0, -3, "ten", 1.5, True, "16.0"])
+def test_bad_k_is_a_clear_error(k, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="k must be a positive integer or 'full'"):
+        StudyConfig(k=k)
+    config = tmp_path / "study.yaml"
+    config.write_text(f"k: {k}\n")
+    assert main(["run", "--config", str(config), "--out", str(tmp_path / "never")]) == 2
+    assert "k must be a positive integer or 'full'" in capsys.readouterr().err

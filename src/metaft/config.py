@@ -57,6 +57,19 @@ class _Config:
         write_json(path, self.to_dict(), sort_keys=True)
 
 
+def parse_k(value: Any) -> int | None:
+    """K, examples per label and domain: a positive integer, or None / "full" for the whole pool."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "full"):
+        return None
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        k = 0
+    if isinstance(value, bool) or k <= 0 or str(k) != str(value).strip():
+        raise ConfigError(f"k must be a positive integer or 'full', got {value!r}")
+    return k
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
@@ -77,7 +90,7 @@ class PrepareConfig(_Config):
     dev_fraction: float = 0.1  # only with k=None
 
     def __post_init__(self):
-        _check(self.k is None or self.k > 0, f"k must be a positive integer or 'full', got {self.k}")
+        object.__setattr__(self, "k", parse_k(self.k))  # a config file may say k: full
         _check(len(self.seeds) > 0, "give at least one seed")
         _check(0.0 < self.dev_fraction < 1.0, f"dev_fraction must be in (0, 1), got {self.dev_fraction}")
 

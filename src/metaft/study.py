@@ -36,6 +36,7 @@ from .config import (
     TypicalityConfig,
     _check,
     _Config,
+    parse_k,
 )
 from .errors import ConfigError
 from .fileio import write_json
@@ -82,6 +83,7 @@ class StudyConfig(_Config):
     finetune: dict = field(default_factory=lambda: dict(SEED_RECIPE_FINETUNE))
 
     def __post_init__(self):
+        object.__setattr__(self, "k", parse_k(self.k))  # a config file may say k: full
         _check(len(self.seeds) > 0, "give at least one seed")
         _check(self.jobs >= 0, f"jobs must be >= 0 (0 = automatic), got {self.jobs}")
         unknown = [a for a in self.ablations if a not in ABLATIONS]

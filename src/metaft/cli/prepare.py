@@ -6,16 +6,16 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import STANDARD_SEEDS, PrepareConfig
+from ..config import STANDARD_SEEDS, PrepareConfig, parse_k
+from ..errors import ConfigError
 
 
-def _k(value: str) -> int | None:
-    if value.lower() == "full":
-        return None
+def k_argument(value: str) -> int | None:
+    """argparse type of --k: a positive integer or 'full' (None)."""
     try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'full', got {value!r}") from None
+        return parse_k(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(subparsers) -> None:
@@ -52,7 +52,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--corpora", metavar="DIR", help="folder of the raw corpora (default: $METAFT_CORPORA)")
     p.add_argument(
-        "--k", type=_k, default=16, help="examples per label in train and in dev, or 'full' (default: 16)"
+        "--k", type=k_argument, default=16, help="examples per label in train and in dev, or 'full' (default: 16)"
     )
     p.add_argument(
         "--seeds",

@@ -8,16 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
-
-
-def _k(value: str):
-    if value.lower() == "full":
-        return None
-    try:
-        k = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"K must be an integer or 'full', got {value!r}") from None
-    return k
+from .prepare import k_argument
 
 
 def register(subparsers) -> None:
@@ -32,7 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--domains", nargs="+", help="any other group of registered domains")
     p.add_argument("--input", help="your own multi-domain file (text<TAB>domain<TAB>label lines or JSONL)")
     p.add_argument("--corpora", help="raw corpora root (default: $METAFT_CORPORA)")
-    p.add_argument("--k", type=_k, default=argparse.SUPPRESS, help="examples per label and domain, or 'full' (default 16)")
+    p.add_argument("--k", type=k_argument, default=argparse.SUPPRESS, help="examples per label and domain, or 'full' (default 16)")
     p.add_argument("--seeds", nargs="+", type=int, help="default 42; the full study uses 13 21 42 87 100")
     p.add_argument("--model", help="any HF encoder folder or hub id (default: minilm, the packaged all-MiniLM-L6-v2)")
     p.add_argument("--ablations", help="comma-separated: no-typicality,no-domain-loss,multitask,grl (or 'all')")
