@@ -55,6 +55,19 @@ def test_typicality_weights_are_normalised(monkeypatch, tmp_path):
     assert typicality_weights(cfg.replace(typicality=False), tmp_path, train) == [1.0] * 6
 
 
+def test_negative_typicality_scores_count_as_zero(monkeypatch, tmp_path, caplog):
+    import metaft.typicality
+    from helpers import synthetic
+    from metaft.stages import typicality_weights
+
+    train = synthetic(4, ["a"], 0)
+    monkeypatch.setattr(metaft.typicality, "load_scores", lambda d, ex: [0.6, -0.2, 0.9, 0.0])
+    cfg = MetaConfig(data_dir=str(tmp_path))
+    assert typicality_weights(cfg.replace(typicality_norm="none"), tmp_path, train) == [0.6, 0.0, 0.9, 0.0]
+    assert typicality_weights(cfg, tmp_path, train) == pytest.approx([0.6 / 0.375, 0.0, 0.9 / 0.375, 0.0])
+    assert "1 of 4 typicality scores are below 0 (min -0.2000)" in caplog.text
+
+
 def test_meta_finetune_then_finetune_from_the_meta_learner(cross, tiny_model_dir, tmp_path):
     from transformers import pipeline
 

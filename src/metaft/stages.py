@@ -82,12 +82,21 @@ def label_set(data_dir: Path, train: list[Example], others: dict[str, list[Examp
 
 
 def typicality_weights(cfg: MetaConfig, data_dir: Path, train: list[Example]) -> list[float]:
-    """Per-example loss weights: typicality scores normalised by ``cfg.typicality_norm``, or all 1.0."""
+    """Per-example loss weights: typicality scores normalised by ``cfg.typicality_norm``, or all 1.0.
+
+    A score below 0 (an example whose embedding points away from its class prototypes; it happens with
+    sentence-embedding models, not with BERT's usual 0.9-1.0) counts as 0: a negative weight would train the
+    model to get that example wrong.
+    """
     if not cfg.typicality:
         return [1.0] * len(train)
     from .typicality import load_scores
 
     scores = load_scores(data_dir, train)
+    if negative := sum(s < 0 for s in scores):
+        logger.warning("%d of %d typicality scores are below 0 (min %.4f): they count as 0, so those examples do "
+                       "not contribute to the classification loss", negative, len(scores), min(scores))
+        scores = [max(s, 0.0) for s in scores]
     if cfg.typicality_norm == "none":
         return scores
     groups = {"": list(range(len(train)))} if cfg.typicality_norm == "mean-global" else {}
