@@ -91,9 +91,9 @@ def test_malformed_user_file(capsys, tmp_path):
     assert err.endswith("mine.tsv:2: expected 3 tab-separated columns (text, domain, label), found 2")
 
 
-def test_bad_k_is_a_usage_error(capsys):
+@pytest.mark.parametrize("k", ["lots", "0", "-1", "2.5"])
+def test_bad_k_is_a_usage_error(capsys, k):
     with pytest.raises(SystemExit) as exc:
-        main(["prepare", "--k", "lots"])
+        main(["prepare", "--k", k])
     assert exc.value.code == 2
-    assert "expected an integer or 'full', got 'lots'" in capsys.readouterr().err
-    assert "k must be a positive integer" in run_error(capsys, "--k", "0")
+    assert f"k must be a positive integer or 'full', got '{k}'" in capsys.readouterr().err
