@@ -36,7 +36,8 @@ def test_study_runs_every_unit_and_writes_report(tiny_study):
     assert saved["units"] == study["units"]
 
 
-def test_rerun_skips_finished_units_and_force_redoes_them(tiny_study, monkeypatch):
+def test_rerun_skips_finished_units_and_force_redoes_them(tiny_study, monkeypatch, caplog):
+    caplog.set_level("INFO", logger="metaft.study")
     cfg, study = tiny_study
     import metaft.stages as stages
 
@@ -52,6 +53,9 @@ def test_rerun_skips_finished_units_and_force_redoes_them(tiny_study, monkeypatc
     run_study(forced)
     assert sum(kind == "meta" for kind, _ in calls) == 1
     assert sum(kind == "ft" for kind, _ in calls) == 6
+    progress = [line for line in caplog.messages if "units done" in line]  # one line per unit run, with an ETA
+    assert [line.split(" units done")[0] for line in progress] == [f"{i} of 7" for i in range(1, 8)]
+    assert progress[0].startswith("1 of 7 units done (seed 42 mft)") and "elapsed, about" in progress[0]
 
 
 def test_units_in_parallel_workers_give_the_same_study(tiny_study, tmp_path):

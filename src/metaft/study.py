@@ -257,19 +257,31 @@ def _worker_init(threads: int, log_level: int) -> None:
     transformers.logging.disable_progress_bar()
 
 
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
+
+
 def _execute(cfg: StudyConfig, plan: list[_Unit], group: str, on_done) -> None:
     """Run the unfinished units of ``plan``, ``resolve_jobs(cfg.jobs)`` at a time in worker processes,
     each as soon as the meta stage it starts from is done, and call ``on_done(unit, results)`` as each one
     completes. Finished units are not rerun (they are reported first, in plan order)."""
     snapshots: dict[tuple, str] = {}  # meta stages done: key -> best meta-learner folder
+    progress = {"done": 0, "start": time.monotonic()}
 
     def model_for(unit: _Unit) -> str:
         return cfg.model if unit.needs is None else snapshots[unit.needs]
 
-    def finish(unit: _Unit, res: dict) -> None:
+    def finish(unit: _Unit, res: dict, ran: bool = False) -> None:
         if unit.domain is None:
             snapshots[unit.key] = _snapshot(unit, res)
         on_done(unit, res)
+        if ran:
+            progress["done"] += 1
+            done, elapsed = progress["done"], time.monotonic() - progress["start"]
+            logger.info("%d of %d units done (seed %s %s%s), %s elapsed, about %s to go", done, len(todo) + done
+                        + len(running), unit.seed, unit.variant, f" {unit.domain}" if unit.domain else "",
+                        _duration(elapsed), _duration(elapsed / done * (len(todo) + len(running))))
 
     todo = []
     for unit in plan:
@@ -278,10 +290,12 @@ def _execute(cfg: StudyConfig, plan: list[_Unit], group: str, on_done) -> None:
             finish(unit, done)
         else:
             todo.append(unit)
+    running: dict = {}
     jobs = min(resolve_jobs(cfg.jobs), len(todo)) if todo else 1
     if jobs <= 1:
-        for unit in todo:
-            finish(unit, _run_unit(cfg, unit, model_for(unit), group))
+        while todo:
+            unit = todo.pop(0)
+            finish(unit, _run_unit(cfg, unit, model_for(unit), group), ran=True)
         return
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -291,7 +305,6 @@ def _execute(cfg: StudyConfig, plan: list[_Unit], group: str, on_done) -> None:
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
                              initargs=(threads, logging.getLogger().getEffectiveLevel())) as pool:
-        running: dict = {}
         while todo or running:
             for unit in [u for u in todo if u.needs is None or u.needs in snapshots][:jobs - len(running)]:
                 todo.remove(unit)
@@ -300,7 +313,7 @@ def _execute(cfg: StudyConfig, plan: list[_Unit], group: str, on_done) -> None:
             for future in finished:
                 unit = running.pop(future)
                 try:
-                    finish(unit, future.result())
+                    finish(unit, future.result(), ran=True)
                 except BaseException:
                     for other in running:
                         other.cancel()
