@@ -40,7 +40,7 @@ run)
     python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
     start=$(date +%s)
     timeout 300 python3 benchmarks/speed.py --device cuda --model bert-base-random --steps 100 --repeats 3 \
-        --e2e-scale 0 --out "$OUT/speed-cuda.json" || echo "speed.py failed or ran out of its 300 s"
+        --e2e-scale 0 --minilm "$carry/minilm-fp16" --out "$OUT/speed-cuda.json" || echo "speed.py failed or ran out of its 300 s"
     echo "speed: $(( $(date +%s) - start )) s"
     start=$(date +%s)
     shift

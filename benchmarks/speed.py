@@ -52,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--model", choices=("minilm", "bert-base-random"), default="minilm")
+    p.add_argument("--minilm", default="minilm", metavar="DIR",
+                   help="where the default model is, if its package is not installed (e.g. a carried copy)")
     p.add_argument("--steps", type=int, default=100, help="timed optimiser steps per throughput run")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps before the timed ones, every run")
     p.add_argument("--repeats", type=int, default=3, help="runs of every variant (alternating); medians")
@@ -98,18 +100,19 @@ def machine_info(device: str) -> dict:
     return info
 
 
-def model_folder(name: str, work: Path) -> str:
-    """``minilm``: the packaged checkpoint. ``bert-base-random``: BertConfig() (BERT-base shape), seeded random
-    weights, the minilm tokenizer (same 30522-token uncased WordPiece vocabulary), saved as a HF folder."""
+def model_folder(name: str, work: Path, minilm: str = "minilm") -> str:
+    """``minilm``: the default checkpoint (``minilm``: a folder holding it where the package is not installed).
+    ``bert-base-random``: BertConfig() (BERT-base shape), seeded random weights, the minilm tokenizer (same
+    30522-token uncased WordPiece vocabulary), saved as a HF folder."""
     from metaft.hub import load_tokenizer, resolve_model
 
     if name == "minilm":
-        return resolve_model("minilm")
+        return resolve_model(minilm)
     import torch
     from transformers import BertConfig, BertModel
 
     folder = work / "bert-base-random"
-    tok = load_tokenizer("minilm")
+    tok = load_tokenizer(minilm)
     config = BertConfig(vocab_size=len(tok))
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -400,7 +403,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="metaft-speed-") as tmp:
         work = Path(tmp)
         os.environ["METAFT_CACHE"] = str(work / "cache")
-        model = model_folder(args.model, work)
+        model = model_folder(args.model, work, args.minilm)
         cross, sst2 = prepare_data(work)
         from metaft.config import TypicalityConfig
         from metaft.typicality import compute_typicality
