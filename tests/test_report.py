@@ -137,7 +137,8 @@ def test_an_interim_report_keeps_only_complete_seeds(synthetic_run, capsys):
     assert main(["report", str(run), "--complete-seeds"]) == 0
     report = (run / "report.md").read_text()
     assert seeds_in(report) == {"13", "42"}
-    assert "complete seeds only (8 finished units of unfinished seeds left out)" in report
+    assert "interim report: the 2 complete seeds of ? planned (8 finished units of unfinished seeds left out)" \
+        in report
     base = [u["test_accuracy"] for u in study["units"]
             if u["seed"] in (13, 42) and u["variant"] == "baseline" and u["domain"] == "MR"]
     assert float(_table_rows(report)[("MR", "baseline")][2].split(" ± ")[0]) == pytest.approx(

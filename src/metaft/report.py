@@ -208,11 +208,12 @@ def write_report(run_dir: str | Path, complete_only: bool = False) -> Path:
     except json.JSONDecodeError as exc:
         raise DataError(path, f"not valid JSON ({exc.msg})", exc.lineno) from None
     if complete_only:
-        seeds = complete_seeds(study)
+        seeds, planned = complete_seeds(study), study.get("config", {}).get("seeds", [])
         left_out = len(study["units"]) - len(only_seeds(study, seeds)["units"])
         study = only_seeds(study, seeds)
-        study["note"] = (f"interim report: complete seeds only ({left_out} finished units of unfinished seeds "
-                         "left out)")
+        if left_out or len(seeds) < len(planned):
+            study["note"] = (f"interim report: the {len(seeds)} complete seeds of {len(planned) or '?'} planned "
+                             f"({left_out} finished units of unfinished seeds left out)")
     if not study.get("units"):
         raise DataError(path, "the study has no finished fine-tuning results yet"
                         + (" for a complete seed" if complete_only else ""))
