@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +37,7 @@ from .config import TypicalityConfig
 from .corpora import Example, read_mft_tsv
 from .errors import ConfigError, DataError, MetaftError
 from .features import Collator, encode, masked_mean, padding_multiple
-from .fileio import atomic_path
+from .fileio import atomic_path, write_json, write_text
 from .hub import load_encoder, load_tokenizer, usable_max_length
 
 logger = logging.getLogger(__name__)
@@ -231,16 +231,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through ``write(tmp)`` then rename over ``path``, so readers never see half a file."""
-    with atomic_path(path) as tmp:
-        write(tmp)
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline="\n"))
-
-
 def _stats(values: np.ndarray) -> dict[str, float | int]:
     return {"count": len(values), "min": round(float(values.min()), 8),
             "mean": round(float(values.mean()), 8), "max": round(float(values.max()), 8)}
@@ -290,7 +280,8 @@ def plot_histogram(path: Path, scores: np.ndarray, domains: Sequence[str], title
     ax.legend(fontsize=8)
     fig.tight_layout()
     try:
-        _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None}))
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
     finally:
         plt.close(fig)
 
@@ -300,15 +291,17 @@ def _write_outputs(paths: ScorePaths, examples: list[Example], embeddings: np.nd
     from safetensors.numpy import save
 
     rows = [HEADER] + [f"{ex.uid}\t{ex.domain}\t{ex.label}\t{s:.8f}" for ex, s in zip(examples, scores)]
-    _write_text(paths.scores, "\n".join(rows) + "\n")
+    write_text(paths.scores, "\n".join(rows) + "\n")
     uids = json.dumps([ex.uid for ex in examples])
     blob = save({"embeddings": np.ascontiguousarray(embeddings, dtype=np.float32)}, metadata={"uids": uids})
-    _atomic(paths.embeddings, lambda tmp: tmp.write_bytes(blob))
+    with atomic_path(paths.embeddings) as tmp:
+        tmp.write_bytes(blob)
     keys = json.dumps([list(k) for k in prototypes])
     stacked = np.stack(list(prototypes.values())).astype(np.float64)
     blob = save({"prototypes": stacked}, metadata={"keys": keys})
-    _atomic(paths.prototypes, lambda tmp: tmp.write_bytes(blob))
-    _write_text(paths.summary, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    with atomic_path(paths.prototypes) as tmp:
+        tmp.write_bytes(blob)
+    write_json(paths.summary, summary, sort_keys=True)
     title = f"{summary['model']} / {summary['pooling']} / alpha={summary['alpha']} / {summary['aggregation']}"
     plot_histogram(paths.histogram, scores, [ex.domain for ex in examples], title)
 
