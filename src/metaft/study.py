@@ -98,8 +98,9 @@ class StudyConfig(_Config):
         return (BASELINE, "mft", *self.ablations)
 
 
-def _tag(cfg: StudyConfig, seed: int) -> str:
-    return f"{'full' if cfg.k is None else cfg.k}-{seed}"
+def _data_dir(cfg: StudyConfig, run: Path, layout: str, name: str, seed: int) -> Path:
+    """A prepared split folder of the study: ``layout`` k-shot-cross (``name`` = group) or k-shot-single (domain)."""
+    return run / "data" / layout / name / f"{'full' if cfg.k is None else cfg.k}-{seed}"
 
 
 def _read_json(path: Path) -> dict | None:
@@ -191,11 +192,10 @@ def _plan(cfg: StudyConfig, run: Path, group: str, domains: list[str]) -> list[_
     """Every unit in report order (per seed: meta stages, then per domain every variant)."""
     units = []
     for seed in cfg.seeds:
-        tag = _tag(cfg, seed)
-        cross = run / "data" / "k-shot-cross" / group / tag
+        cross = _data_dir(cfg, run, "k-shot-cross", group, seed)
         units += [_Unit(seed, v, None, cross, run / f"seed-{seed}" / "meta" / v) for v in cfg.variants[1:]]
         for domain in domains:
-            single = run / "data" / "k-shot-single" / domain / tag
+            single = _data_dir(cfg, run, "k-shot-single", domain, seed)
             units += [_Unit(seed, v, domain, single, run / f"seed-{seed}" / "finetune" / v / domain)
                       for v in cfg.variants]
     return units
@@ -267,7 +267,7 @@ def _execute(cfg: StudyConfig, plan: list[_Unit], group: str, on_done) -> None:
     each as soon as the meta stage it starts from is done, and call ``on_done(unit, results)`` as each one
     completes. Finished units are not rerun (they are reported first, in plan order)."""
     snapshots: dict[tuple, str] = {}  # meta stages done: key -> best meta-learner folder
-    progress = {"done": 0, "start": time.monotonic()}
+    progress = {"done": 0, "total": 0, "start": time.monotonic()}  # units run by this call
 
     def model_for(unit: _Unit) -> str:
         return cfg.model if unit.needs is None else snapshots[unit.needs]
@@ -278,10 +278,10 @@ def _execute(cfg: StudyConfig, plan: list[_Unit], group: str, on_done) -> None:
         on_done(unit, res)
         if ran:
             progress["done"] += 1
-            done, elapsed = progress["done"], time.monotonic() - progress["start"]
-            logger.info("%d of %d units done (seed %s %s%s), %s elapsed, about %s to go", done, len(todo) + done
-                        + len(running), unit.seed, unit.variant, f" {unit.domain}" if unit.domain else "",
-                        _duration(elapsed), _duration(elapsed / done * (len(todo) + len(running))))
+            done, total, elapsed = progress["done"], progress["total"], time.monotonic() - progress["start"]
+            logger.info("%d of %d units done (seed %s %s%s), %s elapsed, about %s to go", done, total, unit.seed,
+                        unit.variant, f" {unit.domain}" if unit.domain else "", _duration(elapsed),
+                        _duration(elapsed / done * (total - done)))
 
     todo = []
     for unit in plan:
@@ -290,7 +290,7 @@ def _execute(cfg: StudyConfig, plan: list[_Unit], group: str, on_done) -> None:
             finish(unit, done)
         else:
             todo.append(unit)
-    running: dict = {}
+    progress["total"] = len(todo)
     jobs = min(resolve_jobs(cfg.jobs), len(todo)) if todo else 1
     if jobs <= 1:
         while todo:
@@ -305,6 +305,7 @@ def _execute(cfg: StudyConfig, plan: list[_Unit], group: str, on_done) -> None:
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
                              initargs=(threads, logging.getLogger().getEffectiveLevel())) as pool:
+        running: dict = {}
         while todo or running:
             for unit in [u for u in todo if u.needs is None or u.needs in snapshots][:jobs - len(running)]:
                 todo.remove(unit)
@@ -331,7 +332,7 @@ def _run_study(cfg: StudyConfig) -> dict:
                              "machine": machine_info(), "hyperparameter_note": hyperparameter_note(cfg),
                              "typicality": [], "meta": [], "units": [], "pca": []}
     for seed in cfg.seeds:
-        cross = run / "data" / "k-shot-cross" / group / _tag(cfg, seed)
+        cross = _data_dir(cfg, run, "k-shot-cross", group, seed)
         seconds = _typicality(cfg, cross)
         study["typicality"].append({"seed": seed, "path": str((cross / "typicality.tsv").relative_to(run)),
                                     "wall_time_s": seconds})
@@ -357,8 +358,7 @@ def _run_study(cfg: StudyConfig) -> dict:
         for seed in cfg.seeds:
             pca_path = run / f"seed-{seed}" / "pca.json"
             if not pca_path.is_file() or cfg.force:
-                cross = run / "data" / "k-shot-cross" / group / _tag(cfg, seed)
-                embedding_pca(cross, cfg.model, mft_snapshots[seed], pca_path)
+                embedding_pca(_data_dir(cfg, run, "k-shot-cross", group, seed), cfg.model, mft_snapshots[seed], pca_path)
             study["pca"].append({"seed": seed, "path": str(pca_path.relative_to(run))})
     write_json(run / "study.json", study)
     study["report"] = str(write_report(run))
@@ -411,8 +411,8 @@ def embedding_pca(cross: Path, model: str, meta_folder: str, out: Path) -> Path:
     domains = [ex.domain for ex in examples]
     pb, pa = pca_2d(before.astype(np.float64), after.astype(np.float64))
     write_json(out, {"domains": domains, "before": pb.round(5).tolist(), "after": pa.round(5).tolist(),
-                      "before_domain_separation": nearest_centroid_accuracy(before, domains),
-                      "after_domain_separation": nearest_centroid_accuracy(after, domains)})
+                     "before_domain_separation": nearest_centroid_accuracy(before, domains),
+                     "after_domain_separation": nearest_centroid_accuracy(after, domains)})
     return out
 
 
