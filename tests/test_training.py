@@ -81,6 +81,28 @@ def test_seeded_leaves_the_global_rng_alone():
         assert torch.equal(torch.rand(3), inside)
 
 
+@pytest.mark.parametrize("max_norm", [1e-3, 1e3])  # clipping active / not
+def test_clip_gradients_matches_torch_bit_for_bit(max_norm):
+    from metaft.training import clip_gradients
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 3))
+    twin = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 3))
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(5, 8)
+    for net in (model, twin):
+        net(x).square().sum().backward()
+    model[1].weight.grad = None  # a parameter without a gradient is skipped
+    twin[1].weight.grad = None
+    norm = clip_gradients(list(model.parameters()), max_norm)
+    expected = torch.nn.utils.clip_grad_norm_(twin.parameters(), max_norm)
+    assert torch.equal(norm, expected)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert (a.grad is None and b.grad is None) or torch.equal(a.grad, b.grad)
+    scaled = sum(float(p.grad.norm()) ** 2 for p in model.parameters() if p.grad is not None) ** 0.5
+    assert scaled == pytest.approx(min(float(norm), max_norm), rel=1e-4)
+
+
 # ----------------------------------------------------------------------------------------- the loop runs
 
 def test_finetune_learns_logs_and_keeps_the_best(reference_run):
@@ -92,7 +114,7 @@ def test_finetune_learns_logs_and_keeps_the_best(reference_run):
     train_rows = [r for r in rows if r["kind"] == "train"]
     dev_rows = [r for r in rows if r["kind"] == "dev"]
     assert len(train_rows) == res["total_steps"] == 60
-    assert {"step", "epoch", "lr", "loss_cls", "loss_total"} <= set(train_rows[0])
+    assert {"step", "epoch", "lr", "grad_norm", "loss_cls", "loss_total"} <= set(train_rows[0])
     assert train_rows[-1]["loss_total"] < train_rows[0]["loss_total"]
     assert [r["step"] for r in dev_rows] == list(range(5, 61, 5))
     accs = [r["dev_accuracy"] for r in dev_rows]

@@ -172,6 +172,18 @@ def compiled(model: nn.Module, mode: str, static: bool) -> nn.Module:
     return torch.compile(model, mode=mode, dynamic=False if static else None)
 
 
+def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` (the same norm, the same scaling) without its scaling pass when that
+    pass would multiply every gradient by exactly 1, i.e. when the norm is within ``max_norm``: most steps
+    once a few-shot training loss is small, and ~3 % of a MiniLM step on CPU. Returns the total norm.
+    (The check waits for the device, as the loop's finite-loss check does every step anyway.)"""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    if bool(max_norm / (norm + 1e-6) < 1.0):  # torch's own coefficient, compared before its clamp to 1
+        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, norm)
+    return norm
+
+
 def build_scheduler(optimizer, total_steps: int, warmup_ratio: float):
     from transformers import get_linear_schedule_with_warmup
 
@@ -365,13 +377,14 @@ class _Loop:
             raise MetaftError(f"the loss is {loss.item()} at step {self.step + 1}: lower the learning rate "
                               "or turn mixed precision off (--mixed-precision no)")
         self.acc.backward(loss)
+        logged = {"lr": self.scheduler.get_last_lr()[0]}
         if self.cfg.max_grad_norm > 0:
-            self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
-        lr = self.scheduler.get_last_lr()[0]
+            self.acc.unscale_gradients()  # fp16 loss scaling; a no-op otherwise
+            logged["grad_norm"] = float(clip_gradients(list(self.model.parameters()), self.cfg.max_grad_norm))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"lr": lr, **{f"loss_{k}": float(v.detach()) for k, v in parts.items()}}
+        return {**logged, **{f"loss_{k}": float(v.detach()) for k, v in parts.items()}}
 
     def _evaluate_and_checkpoint(self) -> dict:
         dev = evaluate(self.eval_model, self.dev_loader, self.task.logits_fn, self.acc, self.task.labels)
