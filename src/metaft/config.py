@@ -50,6 +50,11 @@ class _Config:
                 changed[k] = (old, now.get(k))
         return changed
 
+    @staticmethod
+    def describe(changed: dict[str, tuple[Any, Any]]) -> str:
+        """``name: saved -> now, ...`` for error messages about a :meth:`changed_from` result."""
+        return ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
 

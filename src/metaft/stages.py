@@ -184,8 +184,7 @@ def finish_run(run_dir: Path, results_file: str, results: dict, stale: Sequence[
 def _check_same_config(run_dir: Path, cfg) -> None:
     saved = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
     if diff := cfg.changed_from(saved, _IGNORED_ON_RESUME):
-        shown = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in diff.items())
-        raise ConfigError(f"{run_dir}: cannot resume with different settings ({shown}); "
+        raise ConfigError(f"{run_dir}: cannot resume with different settings ({cfg.describe(diff)}); "
                           "use the same settings, or --force to start over")
 
 

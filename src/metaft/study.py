@@ -159,9 +159,9 @@ def _check_same_study(run: Path, cfg: StudyConfig) -> None:
     if saved is None or cfg.force:
         return
     if diff := cfg.changed_from(saved, _EXTENDABLE):
-        shown = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in diff.items())
-        raise ConfigError(f"{run}: holds a study with other settings ({shown}); rerun it with the same settings "
-                          "(seeds and ablations may change), pass --force to redo it, or choose another folder")
+        raise ConfigError(f"{run}: holds a study with other settings ({cfg.describe(diff)}); rerun it with the "
+                          "same settings (seeds and ablations may change), pass --force to redo it, or choose "
+                          "another folder")
 
 
 @dataclass(frozen=True)
