@@ -56,6 +56,19 @@ def test_rerun_skips_finished_units_and_force_redoes_them(tiny_study, monkeypatc
     progress = [line for line in caplog.messages if "units done" in line]  # one line per unit run, with an ETA
     assert [line.split(" units done")[0] for line in progress] == [f"{i} of 7" for i in range(1, 8)]
     assert progress[0].startswith("1 of 7 units done (seed 42 mft)") and "elapsed, about" in progress[0]
+    assert progress[-1].endswith("about 0m to go")
+
+
+def test_time_estimate_weights_units_by_the_examples_they_train_on(tiny_study):
+    from metaft.study import _plan, _work
+
+    cfg, study = tiny_study
+    cfg = cfg.replace(meta={**cfg.meta, "epochs": 3}, finetune={**cfg.finetune, "train_limit": 5})
+    plan = _plan(cfg, Path(cfg.out), "g1", ["SST-2", "MR", "CR"])
+    meta = next(u for u in plan if u.domain is None)
+    sst2 = next(u for u in plan if u.domain == "SST-2")
+    assert _work(cfg, meta) == 3 * 24  # 3 epochs x (K 4 x 2 labels x 3 domains) cross-domain examples
+    assert _work(cfg, sst2) == 1 * 5  # 1 epoch x 8 examples, limited to 5
 
 
 def test_units_in_parallel_workers_give_the_same_study(tiny_study, tmp_path):

@@ -257,6 +257,15 @@ def _worker_init(threads: int, log_level: int) -> None:
     transformers.logging.disable_progress_bar()
 
 
+def _work(cfg: StudyConfig, unit: _Unit) -> float:
+    """A unit's training work in examples seen (epochs x training examples), to weight the time estimate."""
+    settings, cls = (cfg.meta, MetaConfig) if unit.domain is None else (cfg.finetune, FinetuneConfig)
+    settings = {**{f.name: f.default for f in dataclasses.fields(cls)}, **settings}
+    with open(unit.data / "train.tsv", encoding="utf-8") as fh:
+        examples = sum(1 for line in fh if line.strip())
+    return settings["epochs"] * min(examples, settings["train_limit"] or examples)
+
+
 def _duration(seconds: float) -> str:
     minutes = round(seconds / 60)
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
@@ -267,21 +276,27 @@ def _execute(cfg: StudyConfig, plan: list[_Unit], group: str, on_done) -> None:
     each as soon as the meta stage it starts from is done, and call ``on_done(unit, results)`` as each one
     completes. Finished units are not rerun (they are reported first, in plan order)."""
     snapshots: dict[tuple, str] = {}  # meta stages done: key -> best meta-learner folder
-    progress = {"done": 0, "total": 0, "start": time.monotonic()}  # units run by this call
+    # units run by this call; the estimate: work left / (work done per second a worker was busy x workers)
+    progress = {"done": 0, "total": 0, "start": time.monotonic(), "work_done": 0.0, "work_left": 0.0,
+                "busy_s": 0.0, "jobs": 1}
 
     def model_for(unit: _Unit) -> str:
         return cfg.model if unit.needs is None else snapshots[unit.needs]
 
-    def finish(unit: _Unit, res: dict, ran: bool = False) -> None:
+    def finish(unit: _Unit, res: dict, busy_s: float | None = None) -> None:
         if unit.domain is None:
             snapshots[unit.key] = _snapshot(unit, res)
         on_done(unit, res)
-        if ran:
+        if busy_s is not None:  # run by this call (not found finished)
+            work = _work(cfg, unit)
             progress["done"] += 1
-            done, total, elapsed = progress["done"], progress["total"], time.monotonic() - progress["start"]
-            logger.info("%d of %d units done (seed %s %s%s), %s elapsed, about %s to go", done, total, unit.seed,
-                        unit.variant, f" {unit.domain}" if unit.domain else "", _duration(elapsed),
-                        _duration(elapsed / done * (total - done)))
+            progress["work_done"] += work
+            progress["work_left"] -= work
+            progress["busy_s"] += busy_s
+            rate = progress["work_done"] / max(progress["busy_s"], 1e-9) * progress["jobs"]
+            logger.info("%d of %d units done (seed %s %s%s), %s elapsed, about %s to go", progress["done"],
+                        progress["total"], unit.seed, unit.variant, f" {unit.domain}" if unit.domain else "",
+                        _duration(time.monotonic() - progress["start"]), _duration(progress["work_left"] / rate))
 
     todo = []
     for unit in plan:
@@ -290,12 +305,12 @@ def _execute(cfg: StudyConfig, plan: list[_Unit], group: str, on_done) -> None:
             finish(unit, done)
         else:
             todo.append(unit)
-    progress["total"] = len(todo)
     jobs = min(resolve_jobs(cfg.jobs), len(todo)) if todo else 1
+    progress.update(total=len(todo), jobs=jobs, work_left=sum(_work(cfg, unit) for unit in todo))
     if jobs <= 1:
         while todo:
-            unit = todo.pop(0)
-            finish(unit, _run_unit(cfg, unit, model_for(unit), group), ran=True)
+            unit, started = todo.pop(0), time.monotonic()
+            finish(unit, _run_unit(cfg, unit, model_for(unit), group), time.monotonic() - started)
         return
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -305,16 +320,16 @@ def _execute(cfg: StudyConfig, plan: list[_Unit], group: str, on_done) -> None:
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
                              initargs=(threads, logging.getLogger().getEffectiveLevel())) as pool:
-        running: dict = {}
+        running: dict = {}  # future -> (unit, start time)
         while todo or running:
             for unit in [u for u in todo if u.needs is None or u.needs in snapshots][:jobs - len(running)]:
                 todo.remove(unit)
-                running[pool.submit(_run_unit, cfg, unit, model_for(unit), group)] = unit
+                running[pool.submit(_run_unit, cfg, unit, model_for(unit), group)] = (unit, time.monotonic())
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                unit = running.pop(future)
+                unit, started = running.pop(future)
                 try:
-                    finish(unit, future.result(), ran=True)
+                    finish(unit, future.result(), time.monotonic() - started)
                 except BaseException:
                     for other in running:
                         other.cancel()
