@@ -145,3 +145,16 @@ def test_an_interim_report_keeps_only_complete_seeds(synthetic_run, capsys):
         100 * statistics.mean(base), abs=0.006)
     assert f"{100 * statistics.mean(base):.2f}" in capsys.readouterr().out  # the console table too
     assert seeds_in(write_report(run).read_text()) == {"13", "21", "42"}  # without the flag: every unit
+
+
+def test_a_one_seed_report_states_the_test_sets_sampling_error(synthetic_run):
+    run, study = synthetic_run
+    study["config"]["k"] = None  # k: full
+    study["units"] = [dict(u, test_accuracy=0.8, test_n=400) for u in study["units"] if u["seed"] == 42]
+    (run / "study.json").write_text(json.dumps(study))
+    report = write_report(run).read_text()
+    assert "K = full" in report and "seeds: 42," in report
+    assert "sampling error of 2.0 points" in report  # sqrt(0.8 * 0.2 / 400) = 0.02
+    study["units"] = [u for u in study["units"]] + [dict(study["units"][0], seed=13)]
+    (run / "study.json").write_text(json.dumps(study))
+    assert "sampling error" not in write_report(run).read_text()  # two seeds: the spread over seeds speaks

@@ -160,12 +160,25 @@ def time_table(study: dict) -> list[str]:
     return lines
 
 
+def _one_seed_caveat(study: dict) -> str | None:
+    """With one seed there is no spread over seeds; say how large the test sets' own sampling error is."""
+    errors = [math.sqrt(u["test_accuracy"] * (1 - u["test_accuracy"]) / u["test_n"])
+              for u in study["units"] if u.get("test_n")]
+    if not errors:
+        return None
+    lo, hi = 100 * min(errors), 100 * max(errors)
+    return (f"One seed only: no spread over seeds is known, and each test accuracy carries a sampling error of "
+            f"{lo:.1f}" + (f" to {hi:.1f}" if f"{hi:.1f}" != f"{lo:.1f}" else "") + " points (binomial standard "
+            "error at its test-set size); a difference of less than about twice that is not evidence either way.")
+
+
 def render(study: dict, summary: dict, plots: list[str]) -> str:
     cfg = study.get("config", {})
     seeds = _ordered(u["seed"] for u in study["units"])
+    k = cfg.get("k", "?")
     parts = [
         "# metaft study report", "",
-        f"- group: **{cfg.get('group') or ', '.join(summary['domains'])}**, K = {cfg.get('k', '?')}, "
+        f"- group: **{cfg.get('group') or ', '.join(summary['domains'])}**, K = {'full' if k is None else k}, "
         f"seeds: {', '.join(map(str, seeds))}, model: `{cfg.get('model', '?')}`",
         f"- machine: {study.get('machine', {}).get('description', 'unknown')}",
         *([f"- **{study['note']}**"] if study.get("note") else []),
@@ -179,6 +192,8 @@ def render(study: dict, summary: dict, plots: list[str]) -> str:
         losers = [r["domain"] for r in verdicts if r["delta_mean"] <= 0]
         parts.append("MFT beats the baseline on every domain (mean over seeds)." if not losers else
                      f"**MFT does not beat the baseline on: {', '.join(losers)}** (mean over seeds).")
+        if len(seeds) == 1 and (caveat := _one_seed_caveat(study)):
+            parts.append(caveat)
         parts.append("")
     if ablation_lines := ablation_table(summary):
         parts += ["## Ablations against full MFT", "",

@@ -143,7 +143,7 @@ def _typicality(cfg: StudyConfig, cross: Path) -> float:
 def _unit_record(seed: int, variant: str, domain: str, result: dict, path: Path, run: Path) -> dict:
     test = result["test"]
     return {"seed": seed, "variant": variant, "domain": domain, "test_accuracy": test["accuracy"],
-            "test_macro_f1": test["macro_f1"], "dev_accuracy": result["best_dev_accuracy"],
+            "test_macro_f1": test["macro_f1"], "test_n": test["n"], "dev_accuracy": result["best_dev_accuracy"],
             "wall_time_s": result.get("timings", {}).get("total_s", 0.0), "path": str(path.relative_to(run))}
 
 
