@@ -155,6 +155,6 @@ def test_a_one_seed_report_states_the_test_sets_sampling_error(synthetic_run):
     report = write_report(run).read_text()
     assert "K = full" in report and "seeds: 42," in report
     assert "sampling error of 2.0 points" in report  # sqrt(0.8 * 0.2 / 400) = 0.02
-    study["units"] = [u for u in study["units"]] + [dict(study["units"][0], seed=13)]
+    study["units"] = study["units"] + [dict(study["units"][0], seed=13)]
     (run / "study.json").write_text(json.dumps(study))
     assert "sampling error" not in write_report(run).read_text()  # two seeds: the spread over seeds speaks

@@ -175,7 +175,7 @@ def compiled(model: nn.Module, mode: str, static: bool) -> nn.Module:
 def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> torch.Tensor:
     """``torch.nn.utils.clip_grad_norm_`` (the same norm, the same scaling) without its scaling pass when that
     pass would multiply every gradient by exactly 1, i.e. when the norm is within ``max_norm``: most steps
-    once a few-shot training loss is small, and ~3 % of a MiniLM step on CPU. Returns the total norm.
+    once a few-shot training loss is small, and 2-3 % of a MiniLM step on CPU. Returns the total norm.
     (The check waits for the device, as the loop's finite-loss check does every step anyway.)"""
     grads = [p.grad for p in parameters if p.grad is not None]
     norm = torch.nn.utils.get_total_norm(grads)
