@@ -259,11 +259,10 @@ def _worker_init(threads: int, log_level: int) -> None:
 
 def _work(cfg: StudyConfig, unit: _Unit) -> float:
     """A unit's training work in examples seen (epochs x training examples), to weight the time estimate."""
-    settings, cls = (cfg.meta, MetaConfig) if unit.domain is None else (cfg.finetune, FinetuneConfig)
-    settings = {**{f.name: f.default for f in dataclasses.fields(cls)}, **settings}
+    stage = MetaConfig(**cfg.meta) if unit.domain is None else FinetuneConfig(**cfg.finetune)
     with open(unit.data / "train.tsv", encoding="utf-8") as fh:
         examples = sum(1 for line in fh if line.strip())
-    return settings["epochs"] * min(examples, settings["train_limit"] or examples)
+    return stage.epochs * min(examples, stage.train_limit or examples)
 
 
 def _duration(seconds: float) -> str:
@@ -277,8 +276,8 @@ def _execute(cfg: StudyConfig, plan: list[_Unit], group: str, on_done) -> None:
     completes. Finished units are not rerun (they are reported first, in plan order)."""
     snapshots: dict[tuple, str] = {}  # meta stages done: key -> best meta-learner folder
     # units run by this call; the estimate: work left / (work done per second a worker was busy x workers)
-    progress = {"done": 0, "total": 0, "start": time.monotonic(), "work_done": 0.0, "work_left": 0.0,
-                "busy_s": 0.0, "jobs": 1}
+    progress = {"done": 0, "start": time.monotonic(), "work_done": 0.0, "busy_s": 0.0, "jobs": 1}
+    work: dict[tuple, float] = {}  # unit key -> _work, of the units this call runs
 
     def model_for(unit: _Unit) -> str:
         return cfg.model if unit.needs is None else snapshots[unit.needs]
@@ -288,15 +287,14 @@ def _execute(cfg: StudyConfig, plan: list[_Unit], group: str, on_done) -> None:
             snapshots[unit.key] = _snapshot(unit, res)
         on_done(unit, res)
         if busy_s is not None:  # run by this call (not found finished)
-            work = _work(cfg, unit)
             progress["done"] += 1
-            progress["work_done"] += work
-            progress["work_left"] -= work
+            progress["work_done"] += work[unit.key]
             progress["busy_s"] += busy_s
             rate = progress["work_done"] / max(progress["busy_s"], 1e-9) * progress["jobs"]
+            left = sum(work.values()) - progress["work_done"]
             logger.info("%d of %d units done (seed %s %s%s), %s elapsed, about %s to go", progress["done"],
-                        progress["total"], unit.seed, unit.variant, f" {unit.domain}" if unit.domain else "",
-                        _duration(time.monotonic() - progress["start"]), _duration(progress["work_left"] / rate))
+                        len(work), unit.seed, unit.variant, f" {unit.domain}" if unit.domain else "",
+                        _duration(time.monotonic() - progress["start"]), _duration(left / rate))
 
     todo = []
     for unit in plan:
@@ -306,7 +304,8 @@ def _execute(cfg: StudyConfig, plan: list[_Unit], group: str, on_done) -> None:
         else:
             todo.append(unit)
     jobs = min(resolve_jobs(cfg.jobs), len(todo)) if todo else 1
-    progress.update(total=len(todo), jobs=jobs, work_left=sum(_work(cfg, unit) for unit in todo))
+    progress["jobs"] = jobs
+    work.update((unit.key, _work(cfg, unit)) for unit in todo)
     if jobs <= 1:
         while todo:
             unit, started = todo.pop(0), time.monotonic()
@@ -373,7 +372,8 @@ def _run_study(cfg: StudyConfig) -> dict:
         for seed in cfg.seeds:
             pca_path = run / f"seed-{seed}" / "pca.json"
             if not pca_path.is_file() or cfg.force:
-                embedding_pca(_data_dir(cfg, run, "k-shot-cross", group, seed), cfg.model, mft_snapshots[seed], pca_path)
+                cross = _data_dir(cfg, run, "k-shot-cross", group, seed)
+                embedding_pca(cross, cfg.model, mft_snapshots[seed], pca_path)
             study["pca"].append({"seed": seed, "path": str(pca_path.relative_to(run))})
     write_json(run / "study.json", study)
     study["report"] = str(write_report(run))
