@@ -13,8 +13,8 @@
 (b) reference: ``transformers.Trainer`` on the same model (metaft's ``load_classifier``: an
     AutoModelForSequenceClassification), the same token ids, the same example order (metaft's epoch
     permutations, fed through ``train_sampling_strategy="sequential"``), batch size, lr, weight decay,
-    warm-up ratio, gradient clipping, ``DataCollatorWithPadding`` (pads to the longest; metaft pads to a
-    multiple of 8 on CUDA only, to the longest on CPU), no eval, no saving, ``report_to=[]``; optimiser
+    warm-up ratio, gradient clipping, ``DataCollatorWithPadding`` padding to a multiple of 8 tokens as metaft
+    does by default (identical batches), no eval, no saving, ``report_to=[]``; optimiser
     ``adamw_torch_fused`` (what metaft uses) and ``adamw_torch`` (the Trainer default). Runs alternate
     (one of each variant per repeat); medians of the repeats are reported.
 (c) end-to-end wall time of the g1 16-42 seed recipe through the Python API (typicality preprocess,
@@ -218,6 +218,7 @@ def run_trainer(data: Path, model: str, out: Path, batch: int, lr: float, optim:
 
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
+    from metaft.config import TrainConfig
     from metaft.corpora import read_mft_tsv
     from metaft.features import encode
     from metaft.hub import load_tokenizer
@@ -264,7 +265,8 @@ def run_trainer(data: Path, model: str, out: Path, batch: int, lr: float, optim:
         use_cpu=args.device == "cpu", bf16=args.device == "cuda", seed=42, dataloader_num_workers=0,
         train_sampling_strategy="sequential",
     )
-    trainer = Trainer(model=net, args=targs, train_dataset=dataset, data_collator=Collate(tokenizer),
+    collate = Collate(tokenizer, pad_to_multiple_of=TrainConfig.pad_to_multiple_of)  # metaft's default padding
+    trainer = Trainer(model=net, args=targs, train_dataset=dataset, data_collator=collate,
                       callbacks=[Timer()])
     trainer.train()
     shutil.rmtree(out, ignore_errors=True)
@@ -422,9 +424,9 @@ def main(argv=None) -> int:
                                                                         args),
             }
             if args.compile_mode != "none":
-                variants["metaft_stage2_compiled"] = lambda o: run_metaft(  # CPU: dynamic shapes, one graph
+                variants["metaft_stage2_compiled"] = lambda o: run_metaft(  # CPU: 16 widths, dynamic shapes
                     2, cross, model, o, 4, args, mp, compile=True, compile_mode=args.compile_mode,
-                    pad_to_multiple_of=32 if args.device == "cuda" else 0)
+                    pad_to_multiple_of=32 if args.device == "cuda" else 8)
             if not args.no_adamw_torch:
                 variants["trainer_g1_adamw_torch"] = lambda o: run_trainer(cross, model, o, 4, 5e-5, "adamw_torch",
                                                                            args)

@@ -26,12 +26,6 @@ def test_collator_pads_to_multiple_of_8_and_masks(tiny_model_dir):
     assert Collator(tok.pad_token_id, multiple_of=1)([ds[i] for i in range(4)])["input_ids"].shape[1] == longest
 
 
-def test_padding_multiple_is_8_on_cuda_only():
-    from metaft.features import padding_multiple
-
-    assert padding_multiple("cuda:0") == 8 and padding_multiple("cpu") == 1
-
-
 def test_truncation_is_counted(tiny_model_dir):
     tok = load_tokenizer(str(tiny_model_dir))
     enc = encode(_examples(), tok, max_length=4)

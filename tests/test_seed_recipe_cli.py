@@ -91,9 +91,13 @@ def test_compile_and_padding_flags_reach_the_config(tmp_path):
         args = build_parser().parse_args(["finetune", "--data-dir", str(tmp_path), *flags])
         return make_config(args, FinetuneConfig, "finetune")
 
-    assert (config().compile, config().compile_mode, config().pad_to_multiple_of) == (False, "default", 0)
+    assert (config().compile, config().compile_mode, config().pad_to_multiple_of) == (False, "default", 8)
     assert (config("--compile").compile, config("--compile").compile_mode) == (True, "default")
     cfg = config("--compile", "reduce-overhead", "--pad-to-multiple-of", "32")
     assert (cfg.compile, cfg.compile_mode, cfg.pad_to_multiple_of) == (True, "reduce-overhead", 32)
     with pytest.raises((SystemExit, argparse.ArgumentError)):
         config("--compile", "fastest")
+    from metaft.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pad_to_multiple_of must be >= 1, got 0"):
+        config("--pad-to-multiple-of", "0")

@@ -142,7 +142,7 @@ class TrainConfig(_Config):
     eval_every: int = 0  # steps; 0 = once per epoch
     dropout: float = 0.1
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16
-    pad_to_multiple_of: int = 0  # 0 = automatic: 8 on CUDA, 1 (the longest text) elsewhere
+    pad_to_multiple_of: int = 8  # round each batch's width up to a multiple of this; 1 = the longest text
     pad_to_length: int | None = None  # pad every batch to this many tokens (fixed shapes; the seed system's way)
     group_by_length: bool = False  # batches of similar lengths (less padding); order still seeded
     save_state_every_s: float = 60.0  # resumable state at an evaluation at most this often; 0 = every evaluation
@@ -162,7 +162,7 @@ class TrainConfig(_Config):
         _check(self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}")
         _check(0.0 <= self.warmup_ratio < 1.0, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         _check(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
-        _check(self.pad_to_multiple_of >= 0, f"pad_to_multiple_of must be >= 0, got {self.pad_to_multiple_of}")
+        _check(self.pad_to_multiple_of >= 1, f"pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}")
         _check(self.save_state_every_s >= 0, f"save_state_every_s must be >= 0, got {self.save_state_every_s}")
         _check(self.mixed_precision in ("auto", "no", "bf16", "fp16"),
                f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")

@@ -152,12 +152,6 @@ class EncodedDataset(torch.utils.data.Dataset):
         return [len(x) for x in self.ids]
 
 
-def padding_multiple(device) -> int:
-    """Round padded widths up to a multiple of 8 on CUDA (tensor-core friendly shapes); elsewhere the extra
-    tokens are only extra work (+11 % tokens per few-shot batch on g1), so pad to the longest text."""
-    return 8 if torch.device(device).type == "cuda" else 1
-
-
 class Collator:
     """Pads a list of items to the longest in the batch (rounded up to ``multiple_of``)."""
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, MetaftError, writing
-from .features import Collator, EncodedDataset, padding_multiple
+from .features import Collator, EncodedDataset
 from .modeling import recover_folder, save_atomic
 
 logger = logging.getLogger(__name__)
@@ -163,9 +163,10 @@ def build_optimizer(model: nn.Module, learning_rate: float, weight_decay: float)
 
 
 def compiled(model: nn.Module, mode: str, static: bool) -> nn.Module:
-    """``torch.compile`` for the training steps. ``static``: batches come in a few fixed widths (padding to a
-    multiple, e.g. 32 up to 128 = 4 widths), so every shape gets its own specialised graph, which is what
-    ``reduce-overhead`` (CUDA graphs) needs; otherwise shapes are left to dynamo's dynamic-shape handling."""
+    """``torch.compile`` for the training steps. ``static``: batches come in a few fixed widths (at most 8:
+    padding to a multiple of 32 up to 128 tokens gives 4), so every shape gets its own specialised graph,
+    which is what ``reduce-overhead`` (CUDA graphs) needs; otherwise (e.g. the default multiple of 8: 16
+    widths) shapes are left to dynamo's dynamic-shape handling."""
     import torch._dynamo.config as dynamo_config
 
     dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 64)  # widths x (full, short last batch)
@@ -207,15 +208,14 @@ def classification_metrics(preds: torch.Tensor, golds: torch.Tensor, labels: lis
             "per_label": per_label}
 
 
-def eval_loader(dataset: EncodedDataset, batch_size: int, accelerator, pad_to_multiple_of: int = 0,
+def eval_loader(dataset: EncodedDataset, batch_size: int, accelerator, pad_to_multiple_of: int = 8,
                 pad_to: int | None = None):
     """An accelerate-prepared loader, longest texts first (batches of similar lengths: little padding; the
     metrics do not depend on the order); each process gets its share (see gather_for_metrics)."""
     lengths = dataset.lengths()
     order = sorted(range(len(dataset)), key=lambda i: -lengths[i])
-    multiple = pad_to_multiple_of or padding_multiple(accelerator.device)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order,
-                                         collate_fn=Collator(dataset.pad_id, multiple, pad_to))
+                                         collate_fn=Collator(dataset.pad_id, pad_to_multiple_of, pad_to))
     return accelerator.prepare(loader)
 
 
@@ -315,9 +315,9 @@ class _Loop:
         self.total_steps = planned_steps(n, cfg.batch_size, cfg.epochs, world)
         optimizer = build_optimizer(self.raw, cfg.learning_rate, cfg.weight_decay)
         self.scheduler = build_scheduler(optimizer, self.total_steps, cfg.warmup_ratio)
-        multiple = cfg.pad_to_multiple_of or padding_multiple(accelerator.device)
-        model = compiled(self.raw, cfg.compile_mode, static=multiple > 1 or bool(cfg.pad_to_length)) \
-            if cfg.compile else self.raw
+        multiple = cfg.pad_to_multiple_of
+        few_widths = bool(cfg.pad_to_length) or math.ceil(cfg.max_length / multiple) <= 8
+        model = compiled(self.raw, cfg.compile_mode, static=few_widths) if cfg.compile else self.raw
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.eval_model = self.model if not cfg.compile else self.raw  # evaluation shapes would add graphs
         self.dev_loader = eval_loader(task.dev_set, cfg.eval_batch_size, accelerator, multiple, cfg.pad_to_length)

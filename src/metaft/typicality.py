@@ -36,7 +36,7 @@ import torch
 from .config import TypicalityConfig
 from .corpora import Example, read_mft_tsv
 from .errors import ConfigError, DataError, MetaftError
-from .features import Collator, encode, masked_mean, padding_multiple
+from .features import Collator, encode, masked_mean
 from .fileio import atomic_path, write_json, write_text
 from .hub import load_encoder, load_tokenizer, usable_max_length
 
@@ -116,13 +116,13 @@ def embed_encoded(
 ) -> np.ndarray:
     """Embed token-id sequences with a frozen encoder -> [N, H] float32, in input order.
 
-    Sequences are batched longest first (less padding), padded per batch (to a multiple of 8 on CUDA, or to
+    Sequences are batched longest first (less padding), padded per batch (to a multiple of 8 tokens, or to
     ``pad_to``), run on the model's device in eval/inference mode, pooled, and put back in input order.
     """
     check_pooling(model, pooling)
     model.eval()
     device = next(model.parameters()).device
-    collate = Collator(pad_id=pad_id, multiple_of=padding_multiple(device), pad_to=pad_to)
+    collate = Collator(pad_id=pad_id, multiple_of=8, pad_to=pad_to)
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # stable: ties keep input order
     out: np.ndarray | None = None
     for start in range(0, len(order), batch_size):

@@ -87,7 +87,7 @@ def _common(p: argparse.ArgumentParser, cls) -> None:
                              "pair it with --pad-to-multiple-of 32 so batches come in a few fixed widths), "
                              "max-autotune, max-autotune-no-cudagraphs")
     add("--pad-to-multiple-of", dest="pad_to_multiple_of", type=int, default=S, metavar="N",
-        help="pad each batch to the longest text rounded up to a multiple of N (default: 8 on CUDA, 1 on CPU)")
+        help="pad each batch to the longest text rounded up to a multiple of N (default 8; 1 = the longest text)")
     add("--group-by-length", dest="group_by_length", action="store_true", default=S,
         help="batch texts of similar length together (less padding; the order stays seeded)")
     add("--save-state-every", dest="save_state_every_s", type=float, default=S, metavar="SECONDS",
