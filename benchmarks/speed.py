@@ -423,6 +423,9 @@ def main(argv=None) -> int:
                 "trainer_sst2_adamw_torch_fused": lambda o: run_trainer(sst2, model, o, 2, 1e-5, "adamw_torch_fused",
                                                                         args),
             }
+            if args.device == "cpu":  # what the default padding to multiples of 8 costs here
+                variants["metaft_stage2_pad_longest"] = lambda o: run_metaft(2, cross, model, o, 4, args, mp,
+                                                                             pad_to_multiple_of=1)
             if args.compile_mode != "none":
                 variants["metaft_stage2_compiled"] = lambda o: run_metaft(  # CPU: 16 widths, dynamic shapes
                     2, cross, model, o, 4, args, mp, compile=True, compile_mode=args.compile_mode,
@@ -447,6 +450,8 @@ def main(argv=None) -> int:
                 "stage3_vs_trainer_fused": eps["metaft_stage3_ce"] / eps["trainer_sst2_adamw_torch_fused"],
                 "domain_loss_time_overhead": eps["metaft_stage2_no_domain_loss"] / eps["metaft_stage2_corrupt"] - 1,
             }
+            if "metaft_stage2_pad_longest" in eps:
+                ratios["stage2_pad_longest_vs_pad_8"] = eps["metaft_stage2_pad_longest"] / eps["metaft_stage2_corrupt"]
             if args.compile_mode != "none":
                 ratios["stage2_compiled_vs_trainer_fused"] = (eps["metaft_stage2_compiled"]
                                                               / eps["trainer_g1_adamw_torch_fused"])
@@ -460,6 +465,8 @@ def main(argv=None) -> int:
                 say(f"  {k:32s} {v['examples_per_s']:8.2f} examples/s  runs {v['runs_examples_per_s']}")
             say(f"  stage 2 / Trainer (adamw_torch_fused):  {ratios['stage2_vs_trainer_fused']:.3f}")
             say(f"  stage 3 / Trainer (adamw_torch_fused):  {ratios['stage3_vs_trainer_fused']:.3f}")
+            if "stage2_pad_longest_vs_pad_8" in ratios:
+                say(f"  stage 2 padded to the longest / to multiples of 8: {ratios['stage2_pad_longest_vs_pad_8']:.3f}")
             if args.compile_mode != "none":
                 say(f"  stage 2 compiled ({args.compile_mode}) / Trainer (adamw_torch_fused): "
                     f"{ratios['stage2_compiled_vs_trainer_fused']:.3f} (GPU target >= 3)")
