@@ -15,8 +15,11 @@
     permutations, fed through ``train_sampling_strategy="sequential"``), batch size, lr, weight decay,
     warm-up ratio, gradient clipping, ``DataCollatorWithPadding`` padding to a multiple of 8 tokens as metaft
     does by default (identical batches), no eval, no saving, ``report_to=[]``; optimiser
-    ``adamw_torch_fused`` (what metaft uses) and ``adamw_torch`` (the Trainer default). Runs alternate
-    (one of each variant per repeat); medians of the repeats are reported.
+    ``adamw_torch_fused`` (what metaft uses) and ``adamw_torch`` (the Trainer default); on CPU also the
+    Trainer with the malloc setting metaft's CPU training applies (``training.keep_freed_memory``), to show
+    what that setting is worth. Every run is a fresh Python process (no run inherits another's allocator
+    state or process-wide settings); runs alternate (one of each variant per repeat); medians of the
+    repeats are reported.
 (c) end-to-end wall time of the g1 16-42 seed recipe through the Python API (typicality preprocess,
     meta-finetune 63 epochs batch 4 lr 5e-5 dev every 100, finetune SST-2 64 epochs batch 2 lr 1e-5 dev
     every 50, test 872) with dynamic padding versus everything padded to 128 (``pad_to_length=128``; the
@@ -66,6 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "multiples of 32: 4 static widths up to 128); default on CUDA: reduce-overhead (CUDA graphs), "
                         "on CPU: none (skip)")
     p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/speed-<device>.json)")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one variant in this process
+    p.add_argument("--work", default=None, help=argparse.SUPPRESS)  # internal: the parent's prepared folder
     args = p.parse_args(argv)
     if args.compile_mode is None:
         args.compile_mode = "reduce-overhead" if args.device == "cuda" else "none"
@@ -374,6 +379,52 @@ def train_flops_per_example(model: str, seq: int) -> float:
 
 # ------------------------------------------------------------------------------------------------- main
 
+def throughput_variants(args, work: Path, model: str, mp: str) -> dict:
+    """Name -> function(run folder) -> throughput dict, for every variant timed in (a) and (b)."""
+    cross = work / "data" / "k-shot-cross" / "g1" / "16-42"
+    sst2 = work / "data" / "k-shot-single" / "SST-2" / "16-42"
+
+    def trainer_with_metaft_malloc(o):
+        from metaft.training import keep_freed_memory
+
+        keep_freed_memory()
+        return run_trainer(cross, model, o, 4, 5e-5, "adamw_torch_fused", args)
+
+    variants = {
+        "metaft_stage2_corrupt": lambda o: run_metaft(2, cross, model, o, 4, args, mp),
+        "metaft_stage2_no_domain_loss": lambda o: run_metaft(2, cross, model, o, 4, args, mp, domain_loss="none"),
+        "trainer_g1_adamw_torch_fused": lambda o: run_trainer(cross, model, o, 4, 5e-5, "adamw_torch_fused", args),
+        "metaft_stage3_ce": lambda o: run_metaft(3, sst2, model, o, 2, args, mp),
+        "trainer_sst2_adamw_torch_fused": lambda o: run_trainer(sst2, model, o, 2, 1e-5, "adamw_torch_fused", args),
+    }
+    if args.device == "cpu":
+        # what the default padding to multiples of 8 costs here
+        variants["metaft_stage2_pad_longest"] = lambda o: run_metaft(2, cross, model, o, 4, args, mp,
+                                                                     pad_to_multiple_of=1)
+        # the Trainer with the malloc setting metaft's CPU training applies (training.keep_freed_memory)
+        variants["trainer_g1_adamw_torch_fused_metaft_malloc"] = trainer_with_metaft_malloc
+    if args.compile_mode != "none":
+        variants["metaft_stage2_compiled"] = lambda o: run_metaft(  # CPU: 16 widths, dynamic shapes
+            2, cross, model, o, 4, args, mp, compile=True, compile_mode=args.compile_mode,
+            pad_to_multiple_of=32 if args.device == "cuda" else 8)
+    if not args.no_adamw_torch:
+        variants["trainer_g1_adamw_torch"] = lambda o: run_trainer(cross, model, o, 4, 5e-5, "adamw_torch", args)
+        variants["trainer_sst2_adamw_torch"] = lambda o: run_trainer(sst2, model, o, 2, 1e-5, "adamw_torch", args)
+    return variants
+
+
+def run_isolated(name: str, rep: int, work: Path, argv: list[str]) -> dict:
+    """One throughput run in a fresh Python process, so that no run inherits another's allocator state or
+    process-wide settings (metaft's CPU training tunes malloc; a plain Trainer script would not)."""
+    import subprocess
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--one", name, "--work", str(work)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "SPEED_REPEAT": str(rep)})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} (repeat {rep + 1}) failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def median_of(runs: list[dict]) -> dict:
     return {"examples_per_s": statistics.median(r["examples_per_s"] for r in runs),
             "s_per_step": statistics.median(r["s_per_step"] for r in runs),
@@ -397,6 +448,13 @@ def main(argv=None) -> int:
         print("--device cuda: no CUDA device", file=sys.stderr)
         return 2
     mp = "bf16" if args.device == "cuda" else "no"
+    if args.one:  # a child of run_isolated: one run, its result as the last stdout line
+        work = Path(args.work)
+        model = (model_folder("minilm", work, args.minilm) if args.model == "minilm"
+                 else str(work / "bert-base-random"))
+        rep = int(os.environ.get("SPEED_REPEAT", "0"))
+        print(json.dumps(throughput_variants(args, work, model, mp)[args.one](work / f"run-{args.one}-{rep}")))
+        return 0
     results: dict = {"machine": machine_info(args.device), "settings": {**vars(args), "mixed_precision": mp},
                      "throughput": {}, "ratios": {}, "e2e": None, "mfu": None}
     say = print
@@ -413,32 +471,12 @@ def main(argv=None) -> int:
         compute_typicality(TypicalityConfig(data_dir=str(cross), model=model))  # stage 2 reads the weights
 
         if not args.skip_throughput:
-            variants = {
-                "metaft_stage2_corrupt": lambda o: run_metaft(2, cross, model, o, 4, args, mp),
-                "metaft_stage2_no_domain_loss": lambda o: run_metaft(2, cross, model, o, 4, args, mp,
-                                                                     domain_loss="none"),
-                "trainer_g1_adamw_torch_fused": lambda o: run_trainer(cross, model, o, 4, 5e-5, "adamw_torch_fused",
-                                                                      args),
-                "metaft_stage3_ce": lambda o: run_metaft(3, sst2, model, o, 2, args, mp),
-                "trainer_sst2_adamw_torch_fused": lambda o: run_trainer(sst2, model, o, 2, 1e-5, "adamw_torch_fused",
-                                                                        args),
-            }
-            if args.device == "cpu":  # what the default padding to multiples of 8 costs here
-                variants["metaft_stage2_pad_longest"] = lambda o: run_metaft(2, cross, model, o, 4, args, mp,
-                                                                             pad_to_multiple_of=1)
-            if args.compile_mode != "none":
-                variants["metaft_stage2_compiled"] = lambda o: run_metaft(  # CPU: 16 widths, dynamic shapes
-                    2, cross, model, o, 4, args, mp, compile=True, compile_mode=args.compile_mode,
-                    pad_to_multiple_of=32 if args.device == "cuda" else 8)
-            if not args.no_adamw_torch:
-                variants["trainer_g1_adamw_torch"] = lambda o: run_trainer(cross, model, o, 4, 5e-5, "adamw_torch",
-                                                                           args)
-                variants["trainer_sst2_adamw_torch"] = lambda o: run_trainer(sst2, model, o, 2, 1e-5, "adamw_torch",
-                                                                             args)
+            variants = throughput_variants(args, work, model, mp)
+            child_argv = sys.argv[1:] if argv is None else list(argv)
             runs: dict[str, list[dict]] = {k: [] for k in variants}
             for rep in range(args.repeats):  # alternate: one run of every variant per repeat
-                for name, fn in variants.items():
-                    r = fn(work / f"run-{name}-{rep}")
+                for name in variants:
+                    r = run_isolated(name, rep, work, child_argv)
                     runs[name].append(r)
                     say(f"  repeat {rep + 1}/{args.repeats} {name:32s} {r['examples_per_s']:8.2f} ex/s "
                         f"({r['s_per_step'] * 1000:.1f} ms/step, {r['mean_padded_tokens_per_batch']:.0f} padded tokens/batch)")
@@ -450,6 +488,9 @@ def main(argv=None) -> int:
                 "stage3_vs_trainer_fused": eps["metaft_stage3_ce"] / eps["trainer_sst2_adamw_torch_fused"],
                 "domain_loss_time_overhead": eps["metaft_stage2_no_domain_loss"] / eps["metaft_stage2_corrupt"] - 1,
             }
+            if "trainer_g1_adamw_torch_fused_metaft_malloc" in eps:
+                ratios["stage2_vs_trainer_fused_metaft_malloc"] = (eps["metaft_stage2_corrupt"]
+                                                                   / eps["trainer_g1_adamw_torch_fused_metaft_malloc"])
             if "metaft_stage2_pad_longest" in eps:
                 ratios["stage2_pad_longest_vs_pad_8"] = eps["metaft_stage2_pad_longest"] / eps["metaft_stage2_corrupt"]
             if args.compile_mode != "none":
@@ -465,6 +506,8 @@ def main(argv=None) -> int:
                 say(f"  {k:32s} {v['examples_per_s']:8.2f} examples/s  runs {v['runs_examples_per_s']}")
             say(f"  stage 2 / Trainer (adamw_torch_fused):  {ratios['stage2_vs_trainer_fused']:.3f}")
             say(f"  stage 3 / Trainer (adamw_torch_fused):  {ratios['stage3_vs_trainer_fused']:.3f}")
+            if "stage2_vs_trainer_fused_metaft_malloc" in ratios:
+                say(f"  stage 2 / Trainer with metaft's malloc setting: {ratios['stage2_vs_trainer_fused_metaft_malloc']:.3f}")
             if "stage2_pad_longest_vs_pad_8" in ratios:
                 say(f"  stage 2 padded to the longest / to multiples of 8: {ratios['stage2_pad_longest_vs_pad_8']:.3f}")
             if args.compile_mode != "none":
