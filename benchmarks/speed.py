@@ -17,9 +17,10 @@
     does by default (identical batches), no eval, no saving, ``report_to=[]``; optimiser
     ``adamw_torch_fused`` (what metaft uses) and ``adamw_torch`` (the Trainer default); on CPU also the
     Trainer with the malloc setting metaft's CPU training applies (``training.keep_freed_memory``), to show
-    what that setting is worth. Every run is a fresh Python process (no run inherits another's allocator
-    state or process-wide settings); runs alternate (one of each variant per repeat); medians of the
-    repeats are reported.
+    what that setting is worth. On CPU every run is a fresh Python process (no run inherits another's
+    allocator state or process-wide settings; on CUDA, where that setting is not applied, the runs share
+    one process, which keeps the device call short); runs alternate (one of each variant per repeat);
+    medians of the repeats are reported.
 (c) end-to-end wall time of the g1 16-42 seed recipe through the Python API (typicality preprocess,
     meta-finetune 63 epochs batch 4 lr 5e-5 dev every 100, finetune SST-2 64 epochs batch 2 lr 1e-5 dev
     every 50, test 872) with dynamic padding versus everything padded to 128 (``pad_to_length=128``; the
@@ -415,7 +416,7 @@ def throughput_variants(args, work: Path, model: str, mp: str) -> dict:
 
 def run_isolated(name: str, rep: int, work: Path, argv: list[str]) -> dict:
     """One throughput run in a fresh Python process, so that no run inherits another's allocator state or
-    process-wide settings (metaft's CPU training tunes malloc; a plain Trainer script would not)."""
+    process-wide settings (metaft's CPU training tunes malloc; a plain Trainer script does not)."""
     import subprocess
 
     cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--one", name, "--work", str(work)]
@@ -476,7 +477,8 @@ def main(argv=None) -> int:
             runs: dict[str, list[dict]] = {k: [] for k in variants}
             for rep in range(args.repeats):  # alternate: one run of every variant per repeat
                 for name in variants:
-                    r = run_isolated(name, rep, work, child_argv)
+                    r = (run_isolated(name, rep, work, child_argv) if args.device == "cpu"
+                         else variants[name](work / f"run-{name}-{rep}"))
                     runs[name].append(r)
                     say(f"  repeat {rep + 1}/{args.repeats} {name:32s} {r['examples_per_s']:8.2f} ex/s "
                         f"({r['s_per_step'] * 1000:.1f} ms/step, {r['mean_padded_tokens_per_batch']:.0f} padded tokens/batch)")
