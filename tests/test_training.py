@@ -132,6 +132,15 @@ def test_cpu_training_reuses_freed_memory_instead_of_faulting_in_fresh_pages():
     assert tuned_faults < 100
 
 
+def test_cpu_training_applies_the_malloc_setting(reference_run):
+    import platform
+
+    from metaft import training
+
+    expected = platform.libc_ver()[0] == "glibc" and os.environ.get("METAFT_MALLOC_TUNING", "1") != "0"
+    assert training._MALLOC_TUNED is expected
+
+
 def test_malloc_tuning_can_be_switched_off(monkeypatch):
     from metaft import training
 
