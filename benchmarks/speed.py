@@ -72,6 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/speed-<device>.json)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one variant in this process
     p.add_argument("--work", default=None, help=argparse.SUPPRESS)  # internal: the parent's prepared folder
+    p.add_argument("--repeat-index", type=int, default=0, help=argparse.SUPPRESS)  # internal: names its run folder
     args = p.parse_args(argv)
     if args.compile_mode is None:
         args.compile_mode = "reduce-overhead" if args.device == "cuda" else "none"
@@ -118,6 +119,8 @@ def model_folder(name: str, work: Path, minilm: str = "minilm") -> str:
     from transformers import BertConfig, BertModel
 
     folder = work / "bert-base-random"
+    if folder.exists():  # saved by the parent of an isolated run
+        return str(folder)
     tok = load_tokenizer(minilm)
     config = BertConfig(vocab_size=len(tok))
     with torch.random.fork_rng():
@@ -127,13 +130,18 @@ def model_folder(name: str, work: Path, minilm: str = "minilm") -> str:
     return str(folder)
 
 
+def data_dirs(work: Path) -> tuple[Path, Path]:
+    """The g1 16-42 cross-domain folder and the SST-2 16-42 folder that ``prepare_data`` writes."""
+    return work / "data" / "k-shot-cross" / "g1" / "16-42", work / "data" / "k-shot-single" / "SST-2" / "16-42"
+
+
 def prepare_data(work: Path) -> tuple[Path, Path]:
     from metaft.config import PrepareConfig
     from metaft.splits import prepare
 
     corpora = os.environ.get("METAFT_CORPORA", str(ROOT.parent / "shared" / "data"))
     prepare(PrepareConfig(out=str(work / "data"), corpora=corpora, group="g1", k=16, seeds=(42,)))
-    return work / "data" / "k-shot-cross" / "g1" / "16-42", work / "data" / "k-shot-single" / "SST-2" / "16-42"
+    return data_dirs(work)
 
 
 def sync(device: str) -> None:
@@ -382,8 +390,7 @@ def train_flops_per_example(model: str, seq: int) -> float:
 
 def throughput_variants(args, work: Path, model: str, mp: str) -> dict:
     """Name -> function(run folder) -> throughput dict, for every variant timed in (a) and (b)."""
-    cross = work / "data" / "k-shot-cross" / "g1" / "16-42"
-    sst2 = work / "data" / "k-shot-single" / "SST-2" / "16-42"
+    cross, sst2 = data_dirs(work)
 
     def trainer_with_metaft_malloc(o):
         from metaft.training import keep_freed_memory
@@ -419,8 +426,9 @@ def run_isolated(name: str, rep: int, work: Path, argv: list[str]) -> dict:
     process-wide settings (metaft's CPU training tunes malloc; a plain Trainer script does not)."""
     import subprocess
 
-    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--one", name, "--work", str(work)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "SPEED_REPEAT": str(rep)})
+    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--one", name, "--work", str(work),
+           "--repeat-index", str(rep)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{name} (repeat {rep + 1}) failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -451,10 +459,9 @@ def main(argv=None) -> int:
     mp = "bf16" if args.device == "cuda" else "no"
     if args.one:  # a child of run_isolated: one run, its result as the last stdout line
         work = Path(args.work)
-        model = (model_folder("minilm", work, args.minilm) if args.model == "minilm"
-                 else str(work / "bert-base-random"))
-        rep = int(os.environ.get("SPEED_REPEAT", "0"))
-        print(json.dumps(throughput_variants(args, work, model, mp)[args.one](work / f"run-{args.one}-{rep}")))
+        model = model_folder(args.model, work, args.minilm)
+        run = throughput_variants(args, work, model, mp)[args.one]
+        print(json.dumps(run(work / f"run-{args.one}-{args.repeat_index}")))
         return 0
     results: dict = {"machine": machine_info(args.device), "settings": {**vars(args), "mixed_precision": mp},
                      "throughput": {}, "ratios": {}, "e2e": None, "mfu": None}
