@@ -109,6 +109,8 @@ class TypicalityConfig(_Config):
     pooling: str = "mean"  # mean (masked) | cls | pooler
     alpha: float = 0.5
     aggregation: str = "mean-prototype"  # mean-prototype | mean-cosine
+    space: str = "raw"  # raw (the encoder's outputs) | normalized (unit-length embeddings, cosine-trained encoders)
+    leave_one_out: bool = False  # leave each example out of its own class prototype
     max_length: int = 128
     batch_size: int = 64
     trust_remote_code: bool = False
@@ -119,6 +121,8 @@ class TypicalityConfig(_Config):
         _check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
         _check(self.aggregation in ("mean-prototype", "mean-cosine"),
                f"aggregation must be mean-prototype or mean-cosine, got {self.aggregation!r}")
+        _check(self.space in ("raw", "normalized"), f"space must be raw or normalized, got {self.space!r}")
+        _check(isinstance(self.leave_one_out, bool), f"leave_one_out must be true or false, got {self.leave_one_out!r}")
         _check(self.max_length > 2, f"max_length must be > 2, got {self.max_length}")
         _check(self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}")
 
@@ -182,6 +186,8 @@ class MetaConfig(TrainConfig):
     domain_loss: str = "corrupt"  # corrupt | grl | none
     domain_weight: float = 0.1
     domain_layers: tuple[int, ...] = ()  # () = 4 evenly spaced layers ending at the last
+    corruption: str = "permute"  # permute (the reference code's in-batch permutation) | uniform (independent)
+    domain_embedding: bool = True  # the domain head adds a true-domain embedding (the reference code's head)
     typicality: bool = True
     typicality_norm: str = "mean-global"  # none | mean (per domain) | mean-global (chosen on dev sets)
     task_name: str | None = None  # names the best snapshot folder like the seed system
@@ -191,6 +197,10 @@ class MetaConfig(TrainConfig):
         _check(self.domain_loss in ("corrupt", "grl", "none"),
                f"domain_loss must be corrupt, grl or none, got {self.domain_loss!r}")
         _check(self.domain_weight >= 0, f"domain_weight must be >= 0, got {self.domain_weight}")
+        _check(self.corruption in ("permute", "uniform"),
+               f"corruption must be permute or uniform, got {self.corruption!r}")
+        _check(isinstance(self.domain_embedding, bool),
+               f"domain_embedding must be on or off (true or false), got {self.domain_embedding!r}")
         _check(self.typicality_norm in ("none", "mean", "mean-global"),
                f"typicality_norm must be none, mean or mean-global, got {self.typicality_norm!r}")
 

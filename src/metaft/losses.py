@@ -1,8 +1,12 @@
 """The MFT objective as small functions that check shapes and hold no parameters.
 
 L = mean_i(t_i * CE(logits_i, y_i)) + lambda * L_DC, where L_DC is the domain-corruption loss of
-Wang et al. (2020): the shared domain classifier must predict a *random permutation* of the batch's
-domain labels, fresh for every layer and step. The gradient-reversal (DANN) variant is an ablation.
+Wang et al. (2020): the shared domain classifier must predict *corrupted* domain labels, fresh for every
+layer and step. ``permute`` (the reference code's way, kept as the reference behaviour) uses a random
+permutation of the batch's domain labels: at small batches it often equals the true domain, so in
+expectation it is partly a true-domain loss. ``uniform`` draws each corrupted label independently of the
+true one, uniformly over the group's domains, as the paper means it. The gradient-reversal (DANN) variant
+is an ablation.
 """
 
 from __future__ import annotations
@@ -34,19 +38,37 @@ def _check_domain_logits(domain_logits: torch.Tensor, domains: torch.Tensor) -> 
         )
 
 
-def corrupted_domain_targets(domains: torch.Tensor, num_layers: int, generator: torch.Generator) -> torch.Tensor:
-    """[L, B]: for each layer an independent random permutation of the batch's domain labels."""
-    perms = [torch.randperm(domains.numel(), generator=generator) for _ in range(num_layers)]
-    return torch.stack([domains[p.to(domains.device)] for p in perms])
+CORRUPTIONS = ("permute", "uniform")
+
+
+def corrupted_domain_targets(domains: torch.Tensor, num_layers: int, generator: torch.Generator,
+                             corruption: str = "permute", num_domains: int | None = None) -> torch.Tensor:
+    """[L, B] corrupted domain labels, drawn afresh for each layer from ``generator`` (a CPU generator).
+
+    ``permute``: an independent random permutation of the batch's domain labels per layer (the reference
+    behaviour; keeps the batch's multiset of domains). ``uniform``: each label drawn uniformly from
+    ``0..num_domains-1``, independently of the example's true domain.
+    """
+    if corruption == "permute":
+        perms = [torch.randperm(domains.numel(), generator=generator) for _ in range(num_layers)]
+        return torch.stack([domains[p.to(domains.device)] for p in perms])
+    if corruption == "uniform":
+        if not num_domains or num_domains < 1:
+            raise ValueError("corruption='uniform' needs num_domains >= 1")
+        drawn = torch.randint(num_domains, (num_layers, domains.numel()), generator=generator)
+        return drawn.to(device=domains.device, dtype=domains.dtype)
+    raise ValueError(f"corruption must be one of {', '.join(CORRUPTIONS)}, got {corruption!r}")
 
 
 def domain_corruption_loss(
-    domain_logits: torch.Tensor, domains: torch.Tensor, generator: torch.Generator
+    domain_logits: torch.Tensor, domains: torch.Tensor, generator: torch.Generator, corruption: str = "permute"
 ) -> torch.Tensor:
-    """Mean over layers and examples of CE(z_l(x_i), d_{pi_l(i)}). domain_logits [L, B, K], domains [B]."""
+    """Mean over layers and examples of CE(z_l(x_i), c_l(i)) with c the corrupted labels of
+    :func:`corrupted_domain_targets` (K, the group's domain count, is the logits' last size).
+    domain_logits [L, B, K], domains [B]."""
     _check_domain_logits(domain_logits, domains)
     num_layers, batch, k = domain_logits.shape
-    targets = corrupted_domain_targets(domains, num_layers, generator)
+    targets = corrupted_domain_targets(domains, num_layers, generator, corruption, k)
     return F.cross_entropy(domain_logits.float().reshape(-1, k), targets.reshape(-1))
 
 
@@ -86,6 +108,7 @@ def mft_loss(
     domain_weight: float = 0.1,
     use_weights: bool = True,
     generator: torch.Generator | None = None,
+    corruption: str = "permute",
 ) -> dict[str, torch.Tensor]:
     """The total meta fine-tuning loss and its named parts ``cls``, ``domain``, ``total``.
 
@@ -99,7 +122,7 @@ def mft_loss(
     elif domain_loss == "corrupt":
         if generator is None:
             raise ValueError("domain_loss='corrupt' needs an explicit torch.Generator")
-        domain = domain_corruption_loss(output.domain_logits, batch["domains"], generator)
+        domain = domain_corruption_loss(output.domain_logits, batch["domains"], generator, corruption)
     elif domain_loss == "grl":
         domain = domain_adversarial_loss(output.domain_logits, batch["domains"])
     else:

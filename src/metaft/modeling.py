@@ -2,8 +2,9 @@
 
 Folder layout of a meta-learner (a normal ``AutoModelForSequenceClassification`` folder plus two files):
 ``config.json``, ``model.safetensors``, tokenizer files, ``domain_head.safetensors`` and
-``metaft_meta.json`` (domains, corruption layers, domain-loss kind). Any HF tool can load the classifier;
-loading never unpickles.
+``metaft_meta.json`` (domains, corruption layers, domain-loss kind, whether the domain head adds a
+domain embedding, and the corruption it was trained with; older folders lack the last two keys).
+Any HF tool can load the classifier; loading never unpickles.
 """
 
 from __future__ import annotations
@@ -56,8 +57,10 @@ class MetaOutput:
 class DomainHead(nn.Module):
     """Learned domain embedding e [K, H] and one domain classifier shared across the selected layers.
 
-    z_l(x) = W_d (h_l(x) + e[d(x)]) + b_d with h_l the masked token mean of layer l. With gradient
-    reversal (the DANN ablation) the embedding is not added, since it would give the true domain away.
+    z_l(x) = W_d (h_l(x) + e[d(x)]) + b_d with h_l the masked token mean of layer l (the reference code's
+    head). The embedding gives the head the true domain, so it can fit the corruption target without the
+    encoder; ``use_embedding=False`` (``domain_embedding`` off) drops it, leaving z_l(x) = W_d h_l(x) + b_d.
+    With gradient reversal (the DANN ablation) it is never added, since it would give the true domain away.
     """
 
     def __init__(self, num_domains: int, hidden_size: int, layers: tuple[int, ...], use_embedding: bool = True):
@@ -88,17 +91,18 @@ class MetaLearner(nn.Module):
     """``classifier`` (any HF AutoModelForSequenceClassification) + optional :class:`DomainHead`."""
 
     def __init__(self, classifier: nn.Module, domains: list[str], domain_head: DomainHead | None,
-                 domain_loss: str):
+                 domain_loss: str, corruption: str | None = None):
         super().__init__()
         self.classifier = classifier
         self.domains = list(domains)
         self.domain_head = domain_head
         self.domain_loss = domain_loss
+        self.corruption = corruption  # recorded in metaft_meta.json; the loss takes it from the config
 
     @classmethod
     def build(cls, model_name_or_path: str, labels: list[str], domains: list[str], *, domain_loss: str = "corrupt",
-              domain_layers: tuple[int, ...] = (), dropout: float = 0.1,
-              trust_remote_code: bool = False) -> MetaLearner:
+              domain_layers: tuple[int, ...] = (), dropout: float = 0.1, trust_remote_code: bool = False,
+              domain_embedding: bool = True, corruption: str = "permute") -> MetaLearner:
         classifier = _load_sequence_classifier(model_name_or_path, labels, dropout, trust_remote_code,
                                                ignore_mismatched_sizes=True)
         head = None
@@ -109,8 +113,8 @@ class MetaLearner(nn.Module):
             if bad:
                 raise ConfigError(f"domain layers {bad} out of range: the model has layers 0..{n_layers - 1}")
             head = DomainHead(len(domains), classifier.config.hidden_size, layers,
-                              use_embedding=domain_loss == "corrupt")
-        return cls(classifier, domains, head, domain_loss)
+                              use_embedding=domain_loss == "corrupt" and domain_embedding)
+        return cls(classifier, domains, head, domain_loss, corruption if domain_loss == "corrupt" else None)
 
     def forward(self, batch: dict[str, torch.Tensor], grl_coeff: float = 0.0) -> MetaOutput:
         """Class logits always; domain logits in training mode only (they feed the loss, not evaluation)."""
@@ -128,8 +132,10 @@ class MetaLearner(nn.Module):
         self.classifier.save_pretrained(folder, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
-        meta = {"domains": self.domains, "domain_loss": self.domain_loss, "layers": None}
+        meta = {"domains": self.domains, "domain_loss": self.domain_loss, "layers": None,
+                "corruption": self.corruption, "domain_embedding": False}
         if self.domain_head is not None:
+            meta["domain_embedding"] = self.domain_head.embedding is not None
             save_file({k: v.detach().cpu().contiguous() for k, v in self.domain_head.state_dict().items()},
                       str(folder / DOMAIN_HEAD_FILE))
             meta["layers"] = list(self.domain_head.layers)
@@ -144,10 +150,13 @@ class MetaLearner(nn.Module):
         classifier = _load_sequence_classifier(str(folder), folder_labels(folder), None, trust_remote_code)
         head = None
         if meta["layers"] is not None:
+            # folders written before domain_embedding existed: the embedding was there exactly with corrupt
+            embedding = meta.get("domain_embedding", meta["domain_loss"] == "corrupt")
             head = DomainHead(len(meta["domains"]), classifier.config.hidden_size, tuple(meta["layers"]),
-                              use_embedding=meta["domain_loss"] == "corrupt")
+                              use_embedding=bool(embedding))
             head.load_state_dict(load_file(str(folder / DOMAIN_HEAD_FILE)))
-        return cls(classifier, meta["domains"], head, meta["domain_loss"])
+        corruption = meta.get("corruption", "permute" if meta["domain_loss"] == "corrupt" else None)
+        return cls(classifier, meta["domains"], head, meta["domain_loss"], corruption)
 
 
 def folder_labels(folder: str | Path) -> list[str]:

@@ -206,7 +206,7 @@ def _meta_loss_fn(cfg: MetaConfig, total_steps: int):
         coeff = grl_coefficient(step / total_steps) if cfg.domain_loss == "grl" else 0.0
         return mft_loss(model(batch, grl_coeff=coeff), batch, domain_loss=cfg.domain_loss,
                         domain_weight=cfg.domain_weight, use_weights=cfg.typicality,
-                        generator=step_generator(cfg.seed, step))
+                        generator=step_generator(cfg.seed, step), corruption=cfg.corruption)
     return loss_fn
 
 
@@ -234,7 +234,8 @@ def _meta_finetune(cfg: MetaConfig) -> Path:
     with seeded(cfg.seed):
         model = MetaLearner.build(cfg.model, labels, domains, domain_loss=cfg.domain_loss,
                                   domain_layers=cfg.domain_layers, dropout=cfg.dropout,
-                                  trust_remote_code=cfg.trust_remote_code)
+                                  trust_remote_code=cfg.trust_remote_code, domain_embedding=cfg.domain_embedding,
+                                  corruption=cfg.corruption)
     label_ids, domain_ids = {lab: i for i, lab in enumerate(labels)}, {d: i for i, d in enumerate(domains)}
     max_length = usable_max_length(cfg.max_length, model.classifier.config, tokenizer)
     train_set = EncodedDataset(train_ex, tokenizer, max_length, label_ids, domain_ids, weights, cfg.use_cache)

@@ -8,11 +8,14 @@ For example i of domain k with label y and embedding E_i (the pre-trained encode
 
 where k' runs over the other domains that have label y. With no such domain (one domain only, or a label
 no other domain has) the second term is undefined and a = 1 for that example. Scores are not renormalised.
+``space`` normalized averages unit-length embeddings (raw: the encoder's outputs); ``leave_one_out`` leaves
+E_i out of c_y^(k) in its own score (see :mod:`metaft.prototypes`).
 
 Files written beside the training data (a prepared folder holding ``train.tsv``, or any layout file):
 
 - ``typicality.tsv``: header ``uid domain label score``, one row per training example in file order;
-- ``typicality.json``: settings, train-file SHA-256, counts and per (domain, label) min/mean/max;
+- ``typicality.json``: settings, train-file SHA-256, counts, per (domain, label) min/mean/max, and per domain
+  the fraction of examples closer to their own class prototype than to any other class's;
 - ``embeddings.safetensors``: ``embeddings`` [N, H] float32, uids in the metadata (JSON list);
 - ``prototypes.safetensors``: ``prototypes`` [P, H] float64, ``[domain, label]`` keys in the metadata;
 - ``typicality_hist.png``: score histogram per domain.
@@ -39,10 +42,10 @@ from .errors import ConfigError, DataError, MetaftError
 from .features import Collator, encode, masked_mean
 from .fileio import atomic_path, write_json, write_text
 from .hub import load_encoder, load_tokenizer, usable_max_length
+from .prototypes import own_prototype_fraction, typicality_scores
 
 logger = logging.getLogger(__name__)
 
-AGGREGATIONS = ("mean-prototype", "mean-cosine")
 POOLINGS = ("mean", "cls", "pooler")
 HEADER = "uid\tdomain\tlabel\tscore"
 
@@ -167,60 +170,6 @@ def select_device() -> torch.device:
 
 # ------------------------------------------------------------------------------------------------ scores
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (a zero row stays zero, so its cosines are 0)."""
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norm, 1e-12)
-
-
-def typicality_scores(
-    embeddings: np.ndarray,
-    domains: Sequence[str],
-    labels: Sequence[str],
-    alpha: float = 0.5,
-    aggregation: str = "mean-prototype",
-) -> tuple[np.ndarray, dict[tuple[str, str], np.ndarray], int]:
-    """Typicality of every example, in float64.
-
-    embeddings [N, H]; domains, labels: N strings. Returns scores [N], prototypes {(domain, label): [H]}
-    (sorted keys) and the number of examples that fell back to alpha = 1 (no other domain has their label).
-    """
-    E = np.asarray(embeddings, dtype=np.float64)
-    if E.ndim != 2 or len(domains) != len(E) or len(labels) != len(E):
-        raise ValueError(f"need embeddings [N, H] and N domains/labels, got {E.shape}, {len(domains)}, {len(labels)}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
-    if aggregation not in AGGREGATIONS:
-        raise ConfigError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
-    groups: dict[tuple[str, str], list[int]] = {}
-    for i, key in enumerate(zip(domains, labels)):
-        groups.setdefault(key, []).append(i)
-    prototypes = {key: E[groups[key]].mean(axis=0) for key in sorted(groups)}
-    unit = _unit(E)
-    scores = np.empty(len(E), dtype=np.float64)
-    fallback = 0
-    for (domain, label), idx in groups.items():
-        own = unit[idx] @ _unit(prototypes[(domain, label)])
-        others = [c for (d, lab), c in prototypes.items() if lab == label and d != domain]
-        if not others:
-            scores[idx] = own
-            fallback += len(idx)
-            continue
-        if aggregation == "mean-prototype":
-            cross = unit[idx] @ _unit(np.mean(others, axis=0))
-        else:
-            cross = (unit[idx] @ _unit(np.stack(others)).T).mean(axis=1)
-        scores[idx] = alpha * own + (1.0 - alpha) * cross
-    n_domains = len(set(domains))
-    if n_domains == 1 and alpha < 1.0:
-        logger.warning("only one domain (%s): nothing to compare with, so alpha = 1 (own prototype only)",
-                       domains[0])
-    elif fallback and alpha < 1.0:
-        logger.warning("%d of %d examples have a label that no other domain has: alpha = 1 for them",
-                       fallback, len(E))
-    return scores, prototypes, fallback
-
-
 # ------------------------------------------------------------------------------------------------- files
 
 def sha256_file(path: Path) -> str:
@@ -237,7 +186,7 @@ def _stats(values: np.ndarray) -> dict[str, float | int]:
 
 
 def _summary(config: TypicalityConfig, paths: ScorePaths, examples: list[Example], scores: np.ndarray,
-             hidden: int, fallback: int, train_sha: str) -> dict:
+             hidden: int, fallback: int, train_sha: str, own_fraction: dict[str, float | None]) -> dict:
     stats: dict[str, dict[str, dict]] = {}
     for domain in sorted({ex.domain for ex in examples}):
         for label in sorted({ex.label for ex in examples if ex.domain == domain}):
@@ -249,6 +198,9 @@ def _summary(config: TypicalityConfig, paths: ScorePaths, examples: list[Example
         "pooling": config.pooling,
         "alpha": config.alpha,
         "aggregation": config.aggregation,
+        "space": config.space,
+        "leave_one_out": config.leave_one_out,
+        "own_prototype_fraction": own_fraction,
         "max_length": config.max_length,
         "train_file": paths.train.name,
         "train_sha256": train_sha,
@@ -302,7 +254,8 @@ def _write_outputs(paths: ScorePaths, examples: list[Example], embeddings: np.nd
     with atomic_path(paths.prototypes) as tmp:
         tmp.write_bytes(blob)
     write_json(paths.summary, summary, sort_keys=True)
-    title = f"{summary['model']} / {summary['pooling']} / alpha={summary['alpha']} / {summary['aggregation']}"
+    title = (f"{summary['model']} / {summary['pooling']} / alpha={summary['alpha']} / {summary['aggregation']} / "
+             f"{summary['space']}{' / leave-one-out' if summary['leave_one_out'] else ''}")
     plot_histogram(paths.histogram, scores, [ex.domain for ex in examples], title)
 
 
@@ -323,10 +276,13 @@ def compute_typicality(config: TypicalityConfig) -> Path:
     embeddings = embed_examples(examples, model, tokenizer, config.pooling, max_length,
                                 config.batch_size, use_cache=config.use_cache)
     scores, prototypes, fallback = typicality_scores(
-        embeddings, [ex.domain for ex in examples], [ex.label for ex in examples], config.alpha, config.aggregation)
+        embeddings, [ex.domain for ex in examples], [ex.label for ex in examples], config.alpha, config.aggregation,
+        config.space, config.leave_one_out)
     if not np.isfinite(scores).all():
         raise MetaftError(f"{config.model}: non-finite embeddings or scores; check the model")
-    summary = _summary(config, paths, examples, scores, embeddings.shape[1], fallback, train_sha)
+    own = own_prototype_fraction(embeddings, [ex.domain for ex in examples], [ex.label for ex in examples],
+                                 config.space, config.leave_one_out)
+    summary = _summary(config, paths, examples, scores, embeddings.shape[1], fallback, train_sha, own)
     _write_outputs(paths, examples, embeddings, scores, prototypes, summary)
     logger.info("wrote %s (%d scores, min %.4f mean %.4f max %.4f)", paths.scores, len(scores),
                 scores.min(), scores.mean(), scores.max())

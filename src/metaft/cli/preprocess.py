@@ -43,6 +43,11 @@ def register(subparsers) -> None:
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the own-domain prototype (default 0.5)")
     p.add_argument("--aggregation", choices=("mean-prototype", "mean-cosine"), default="mean-prototype",
                    help="cosine with the mean of the other domains' prototypes (default), or mean of cosines")
+    p.add_argument("--space", choices=("raw", "normalized"), default="raw",
+                   help="average the encoder's raw outputs (default) or unit-length embeddings (the space a "
+                        "cosine-trained sentence encoder was trained in) into prototypes")
+    p.add_argument("--leave-one-out", dest="leave_one_out", action="store_true",
+                   help="leave each example out of its own class prototype when scoring it")
     p.add_argument("--max-length", "--max_length", "--seq_length", dest="max_length", type=int, default=128,
                    help="tokens per text (longer texts are truncated; default 128)")
     p.add_argument("--batch-size", "--batch_size", "--batch_size_per_device", dest="batch_size", type=int,
@@ -121,7 +126,8 @@ def run(args) -> int:
     if not data:
         raise ConfigError("give the data: metaft preprocess DATA_DIR_OR_FILE (or --data_dir)")
     config = TypicalityConfig(data_dir=data, model=args.model, pooling=args.pooling, alpha=args.alpha,
-                              aggregation=args.aggregation, max_length=args.max_length,
+                              aggregation=args.aggregation, space=args.space, leave_one_out=args.leave_one_out,
+                              max_length=args.max_length,
                               batch_size=args.batch_size, trust_remote_code=args.trust_remote_code,
                               use_cache=not args.resave_ofrecord)
     paths = score_paths(data)
@@ -131,8 +137,12 @@ def run(args) -> int:
     compute_typicality(config)
     summary = json.loads(paths.summary.read_text(encoding="utf-8"))
     print(f"typicality: {summary['n']} examples, {config.model}, {config.pooling} pooling, "
-          f"alpha {config.alpha}, {config.aggregation}")
+          f"alpha {config.alpha}, {config.aggregation}, {config.space} space"
+          f"{', leave-one-out' if config.leave_one_out else ''}")
     print(format_table(summary))
+    own = ", ".join(f"{d} {f:.1%}" for d, f in summary["own_prototype_fraction"].items() if f is not None)
+    if own:
+        print(f"closer to their own class prototype than to any other class's: {own}")
     if summary["single_domain"]:
         print("note: one domain only, so alpha = 1 (own prototype only) for every example")
     elif summary["alpha1_fallback"]:

@@ -119,6 +119,12 @@ def register(subparsers) -> None:
     add("--domain-loss", dest="domain_loss", choices=("corrupt", "grl", "none"), default=S,
         help="corrupt (default, the paper's), grl (gradient-reversal ablation) or none")
     add("--domain-weight", dest="domain_weight", type=float, default=S, help="lambda (default 0.1)")
+    add("--corruption", choices=("permute", "uniform"), default=S,
+        help="corrupted domain labels: permute (default; the reference code's in-batch permutation, which at "
+             "small batches often keeps the true domain) or uniform (drawn independently of the true domain)")
+    add("--domain-embedding", dest="domain_embedding", choices=("on", "off"), default=S,
+        help="on (default; the reference head): the domain head adds a true-domain embedding, so it can fit "
+             "the target without the encoder; off: the head sees only the encoder's sentence vectors")
     add("--domain-layers", dest="domain_layers", type=_layers, default=S,
         help="0-based encoder layers of the domain loss, e.g. 2,5,8,11 (default: 4 evenly spaced)")
     add("--no-typicality", dest="typicality", action="store_false", default=S,
@@ -148,6 +154,8 @@ def make_config(args, cls, kind: str):
 
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in vars(args).items() if k in names}
+    if "domain_embedding" in values:  # --domain-embedding on|off
+        values["domain_embedding"] = values["domain_embedding"] == "on"
     if "compile_mode" in values:  # --compile [MODE]
         values["compile"] = True
     if not values.get("data_dir"):
