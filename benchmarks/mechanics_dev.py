@@ -53,7 +53,7 @@ def train(work: Path, seed: int, settings: list[str]) -> None:
 
 
 def summarise(work: Path, seeds: list[int], out: Path) -> None:
-    from metaft.mechanisms import domain_probe_for_folder, domain_probe_for_model
+    from metaft.probe import domain_probe_for_folder, domain_probe_for_model
 
     rows = []
     for seed in seeds:

@@ -14,6 +14,7 @@ from metaft.errors import ConfigError
 from metaft.losses import corrupted_domain_targets, mft_loss
 from metaft.modeling import META_FILE, MetaLearner, save_atomic
 from metaft.prototypes import auroc, own_prototype_fraction, typicality_scores
+from metaft.study import StudyConfig
 
 
 def _batch(n=6, t=8, domains=3, seed=0):
@@ -115,6 +116,9 @@ def test_settings_are_validated_and_the_cli_maps_on_off(tmp_path):
                                       "--corruption", "uniform", "--domain-embedding", "off"])
     cfg = make_config(args, MetaConfig, "meta")
     assert cfg.corruption == "uniform" and cfg.domain_embedding is False
+    assert build_parser().parse_args(["run", "--label-noise", "0.2"]).label_noise == 0.2
+    with pytest.raises(ConfigError, match="label_noise"):
+        StudyConfig(label_noise=1.0)
 
 
 # -------------------------------------------------------------------------------------------- typicality
@@ -168,3 +172,146 @@ def test_auroc_matches_a_hand_computed_case():
     assert auroc([1, 2, 3], [False, False, True]) == 1.0
     with pytest.raises(ValueError):
         auroc([1, 2], [True, True])
+
+
+# ---------------------------------------------------------------------------------------------- probe
+
+def test_probe_separates_distinct_domains_and_is_near_chance_on_identical_ones():
+    from metaft.probe import probe_accuracy
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, (40, 8)), rng.normal(0, 1, (40, 8))
+    groups = ["A"] * 40 + ["B"] * 40
+    assert probe_accuracy(np.vstack([a, b + 3.0]), groups) >= 0.95
+    same = probe_accuracy(np.vstack([a, b]), groups)
+    assert abs(same - 0.5) < 0.15, same
+    assert probe_accuracy(np.vstack([a, b]), groups, seed=1) == probe_accuracy(np.vstack([a, b]), groups, seed=1)
+
+
+def test_stratified_folds_keep_every_class_in_every_fold():
+    from metaft.probe import stratified_folds
+
+    folds = stratified_folds([0] * 10 + [1] * 5, 5, seed=0)
+    for f in range(5):
+        assert (folds[:10] == f).sum() == 2 and (folds[10:] == f).sum() == 1
+
+
+def test_domain_probe_on_texts_with_an_encoder(tiny_model_dir):
+    from metaft.corpora import Example
+    from metaft.hub import load_encoder, load_tokenizer
+    from metaft.probe import domain_probe
+
+    movie = ["movie film plot acting story", "film plot boring acting", "great movie story", "the film acting"]
+    gadget = ["battery screen price", "sound quality screen", "battery broke fast", "price of the screen"]
+    distinct = [Example(f"m{i}{j}", t, "pos", "movies") for i, t in enumerate(movie) for j in range(3)]
+    distinct += [Example(f"g{i}{j}", t, "pos", "gadgets") for i, t in enumerate(gadget) for j in range(3)]
+    encoder, tok = load_encoder(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
+    sep = domain_probe(distinct, encoder, tok, layers=(0, 3), seed=0)
+    assert set(sep["layers"]) == {"0", "3"} and sep["chance"] == 0.5 and sep["n"] == 24
+    assert sep["mean"] >= 0.9
+    mixed = [Example(f"x{i}{d}", t, "pos", d) for i, t in enumerate(movie + gadget) for d in ("A", "B")] * 2
+    same = domain_probe(mixed, encoder, tok, layers=(3,), seed=0)
+    assert same["mean"] <= 0.6, "identical texts in both domains cannot be told apart"
+
+
+# ------------------------------------------------------------------------------------------ label noise
+
+def _cross_folder(folder, n=30):
+    from helpers import synthetic
+    from metaft.corpora import write_mft_tsv
+
+    folder.mkdir(parents=True)
+    write_mft_tsv(folder / "train.tsv", synthetic(n, ["D1", "D2"], 0))
+    write_mft_tsv(folder / "dev.tsv", synthetic(12, ["D1", "D2"], 1))
+    (folder / "manifest.json").write_text(json.dumps({"layout": "k-shot-cross", "labels": ["neg", "neu", "pos"]}))
+    return folder
+
+
+def test_label_noise_flips_exactly_round_pn_labels_seeded_and_recorded(tmp_path):
+    from metaft.corpora import read_mft_tsv
+    from metaft.noise import add_label_noise, flipped_mask, noise_record
+
+    src = _cross_folder(tmp_path / "clean")
+    before = {name: (src / name).read_bytes() for name in ("train.tsv", "dev.tsv", "manifest.json")}
+    rec = add_label_noise(src, tmp_path / "noisy", 0.2, seed=5)
+    clean, noisy = read_mft_tsv(src / "train.tsv"), read_mft_tsv(tmp_path / "noisy" / "train.tsv")
+    changed = [i for i, (a, b) in enumerate(zip(clean, noisy)) if a.label != b.label]
+    assert len(changed) == rec["n_flipped"] == round(0.2 * 30) == 6
+    assert changed == [f["index"] for f in rec["flipped"]]
+    assert all(a.text == b.text and a.domain == b.domain for a, b in zip(clean, noisy))
+    assert noise_record(tmp_path / "noisy") == rec and rec["seed"] == 5 and rec["fraction"] == 0.2
+    assert flipped_mask(tmp_path / "noisy")[1].nonzero()[0].tolist() == changed
+    assert (tmp_path / "noisy" / "dev.tsv").read_bytes() == before["dev.tsv"], "dev set copied as it is"
+    assert {name: (src / name).read_bytes() for name in before} == before, "the prepared folder is untouched"
+    again = add_label_noise(src, tmp_path / "again", 0.2, seed=5)
+    assert again["flipped"] == rec["flipped"]
+    assert (tmp_path / "again" / "train.tsv").read_bytes() == (tmp_path / "noisy" / "train.tsv").read_bytes()
+    other = add_label_noise(src, tmp_path / "other", 0.2, seed=6)
+    assert [f["index"] for f in other["flipped"]] != changed
+    with pytest.raises(ConfigError):
+        add_label_noise(src, src, 0.2, seed=5)
+    with pytest.raises(ConfigError):
+        add_label_noise(src, tmp_path / "x", 1.0, seed=5)
+
+
+def test_t_interval_matches_a_hand_computation():
+    from metaft.mechanisms import t_interval, t_quantile_975
+
+    ci = t_interval([0.01, 0.03, 0.02])  # mean .02, sd .01, t(2) = 4.303
+    assert ci["mean"] == pytest.approx(0.02)
+    assert ci["high"] - ci["mean"] == pytest.approx(4.303 * 0.01 / np.sqrt(3))
+    assert t_interval([0.1]) is None
+    assert t_quantile_975(200) == pytest.approx(1.972, abs=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------ study
+
+@pytest.fixture(scope="module")
+def noisy_study(tiny_model_dir, corpora_root, tmp_path_factory):
+    from metaft.study import StudyConfig, run_study
+
+    fast = {"epochs": 1, "batch_size": 8, "eval_batch_size": 256, "learning_rate": 1e-4}
+    cfg = StudyConfig(out=str(tmp_path_factory.mktemp("noisy-study")), corpora=str(corpora_root), group="g1",
+                      k=4, seeds=(42,), model=str(tiny_model_dir), ablations=("multitask",), jobs=1, pca=False,
+                      label_noise=0.25, meta=fast, finetune={**fast, "test_limit": 32})
+    return cfg, run_study(cfg)
+
+
+def test_study_reports_domain_probe_typicality_and_label_noise(noisy_study):
+    from pathlib import Path
+
+    cfg, study = noisy_study
+    assert cfg.ablations == ("multitask", "no-typicality"), "the noise control adds the no-typicality ablation"
+    probes = {r["variant"]: r for r in study["domain_probe"]}
+    assert set(probes) == {"mft", "multitask", "no-typicality"}
+    assert all(0.0 <= r["after"]["mean"] <= 1.0 and set(r["after"]["layers"]) == {"0", "1", "2", "3"}
+               for r in probes.values())
+    assert probes["mft"]["before"] == probes["multitask"]["before"], "one pre-trained probe a seed"
+    (noise,) = study["label_noise"]
+    assert noise["n"] == 24 and noise["n_flipped"] == 6 and 0.0 <= noise["auroc"] <= 1.0
+    assert set(study["typicality"][0]["own_prototype_fraction"]) == {"SST-2", "MR", "CR"}
+    report = (Path(cfg.out) / "report.md").read_text()
+    for heading in ("domain probe", "class typicality", "label-noise positive control"):
+        assert f"## Mechanism check: {heading}" in report
+    assert "the encoder more domain-invariant than the multitask ablation did" in report and "| mean of the domains |" in report
+
+
+def test_label_noise_touches_only_the_meta_training_split(noisy_study):
+    from pathlib import Path
+
+    from metaft.corpora import read_mft_tsv
+    from metaft.noise import noise_record
+
+    cfg, _ = noisy_study
+    data = Path(cfg.out) / "data"
+    clean, noisy = data / "k-shot-cross" / "g1" / "4-42", data / "k-shot-cross-noise0.25" / "g1" / "4-42"
+    assert noise_record(noisy)["n_flipped"] == 6 and noise_record(clean) is None
+    assert (noisy / "dev.tsv").read_bytes() == (clean / "dev.tsv").read_bytes()
+    a, b = read_mft_tsv(clean / "train.tsv"), read_mft_tsv(noisy / "train.tsv")
+    assert sum(x.label != y.label for x, y in zip(a, b)) == 6
+    clean_rows = {(ex.text, ex.domain, ex.label) for ex in a}
+    for domain in ("SST-2", "MR", "CR"):
+        single = read_mft_tsv(data / "k-shot-single" / domain / "4-42" / "train.tsv")
+        assert {(ex.text, ex.domain, ex.label) for ex in single} <= clean_rows, f"{domain} train is clean"
+    meta_cfg = json.loads((Path(cfg.out) / "seed-42" / "meta" / "mft" / "config.json").read_text())
+    assert Path(meta_cfg["data_dir"]).resolve() == noisy.resolve(), "the meta stage trains on the noisy copy"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .fileio import write_text
+from .mechanisms import report_lines as mechanism_lines
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def only_seeds(study: dict, seeds: list[int]) -> dict:
     """The study restricted to ``seeds`` (units, meta stages, typicality, PCA)."""
     keep = set(seeds)
     return {**study, **{k: [x for x in study.get(k, []) if x["seed"] in keep]
-                        for k in ("units", "meta", "typicality", "pca")}}
+                        for k in ("units", "meta", "typicality", "pca", "domain_probe", "label_noise")}}
 
 
 def summarise(study: dict) -> dict[str, Any]:
@@ -201,6 +202,7 @@ def render(study: dict, summary: dict, plots: list[str]) -> str:
                   "Δ means the removed part did not help on that domain.", "", *ablation_lines, ""]
     if meta_lines := meta_table(study):
         parts += ["## Meta stage (cross-domain dev set)", "", *meta_lines, ""]
+    parts += mechanism_lines(study)
     parts += ["## Wall time", "", "Sums of the units' own times; with several units at a time (`--jobs`) the "
               "study took less on the clock.", "", *time_table(study), ""]
     if plots:

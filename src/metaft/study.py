@@ -10,6 +10,8 @@ Run folder::
     RUN/seed-<s>/meta/<variant>/               meta-learner run (meta_results.json, metrics.jsonl, snapshot)
     RUN/seed-<s>/finetune/<variant>/<domain>/  per-domain run (results.json, metrics.jsonl, best/)
     RUN/seed-<s>/pca.json      2-D PCA of dev embeddings before / after meta fine-tuning
+    RUN/seed-<s>/domain_probe.json  domain-probe accuracies before / after meta fine-tuning (mechanisms.py)
+    RUN/data/k-shot-cross-noise<P>/...  with label_noise P: the meta stage's copy with flipped labels
     RUN/study.json, RUN/report.md, RUN/*.png
 """
 
@@ -42,6 +44,7 @@ from .errors import ConfigError
 from .fileio import write_json
 from .hub import DEFAULT_MODEL
 from .locking import run_lock
+from .mechanisms import study_checks
 from .report import BASELINE
 
 logger = logging.getLogger(__name__)
@@ -78,6 +81,7 @@ class StudyConfig(_Config):
     force: bool = False
     pca: bool = True
     jobs: int = 0  # units run at once in worker processes; 0 = automatic (see resolve_jobs)
+    label_noise: float = 0.0  # flip this fraction of the meta-training labels (a positive control; see noise.py)
     typicality: dict = field(default_factory=dict)
     meta: dict = field(default_factory=lambda: dict(SEED_RECIPE_META))
     finetune: dict = field(default_factory=lambda: dict(SEED_RECIPE_FINETUNE))
@@ -88,6 +92,9 @@ class StudyConfig(_Config):
         _check(self.jobs >= 0, f"jobs must be >= 0 (0 = automatic), got {self.jobs}")
         unknown = [a for a in self.ablations if a not in ABLATIONS]
         _check(not unknown, f"unknown ablation(s) {unknown}; choose from {', '.join(ABLATIONS)}")
+        _check(0.0 <= self.label_noise < 1.0, f"label_noise must be in [0, 1), got {self.label_noise}")
+        if self.label_noise and "no-typicality" not in self.ablations:  # the control compares MFT with it
+            object.__setattr__(self, "ablations", (*self.ablations, "no-typicality"))
         for name, cls in (("typicality", TypicalityConfig), ("meta", MetaConfig), ("finetune", FinetuneConfig)):
             allowed = {f.name for f in dataclasses.fields(cls)} - {"data_dir", "model", "out", "seed"}
             bad = sorted(set(getattr(self, name)) - allowed)
@@ -99,7 +106,10 @@ class StudyConfig(_Config):
 
 
 def _data_dir(cfg: StudyConfig, run: Path, layout: str, name: str, seed: int) -> Path:
-    """A prepared split folder of the study: ``layout`` k-shot-cross (``name`` = group) or k-shot-single (domain)."""
+    """A prepared split folder of the study: ``layout`` k-shot-cross (``name`` = group) or k-shot-single (domain).
+    With ``label_noise`` the meta stage's cross-domain folder is the noisy copy."""
+    if layout == "k-shot-cross" and cfg.label_noise:
+        layout = f"k-shot-cross-noise{cfg.label_noise:g}"
     return run / "data" / layout / name / f"{'full' if cfg.k is None else cfg.k}-{seed}"
 
 
@@ -342,25 +352,32 @@ def _run_study(cfg: StudyConfig) -> dict:
     _check_same_study(run, cfg)
     cfg.save(run / "config.json")
     group, domains = _prepare(cfg, run)
+    if cfg.label_noise:
+        from .noise import add_label_noise
+
+        for seed in cfg.seeds:
+            clean = run / "data" / "k-shot-cross" / group / _data_dir(cfg, run, "k-shot-cross", group, seed).name
+            add_label_noise(clean, _data_dir(cfg, run, "k-shot-cross", group, seed), cfg.label_noise, seed)
     study: dict[str, Any] = {"config": {**cfg.to_dict(), "group": group, "domains": domains},
                              "machine": machine_info(), "hyperparameter_note": hyperparameter_note(cfg),
                              "typicality": [], "meta": [], "units": [], "pca": []}
     for seed in cfg.seeds:
         cross = _data_dir(cfg, run, "k-shot-cross", group, seed)
         seconds = _typicality(cfg, cross)
+        summary = _read_json(cross / "typicality.json") or {}
         study["typicality"].append({"seed": seed, "path": str((cross / "typicality.tsv").relative_to(run)),
-                                    "wall_time_s": seconds})
+                                    "wall_time_s": seconds, **{k: summary.get(k) for k in (
+                                        "space", "leave_one_out", "own_prototype_fraction")}})
     plan = _plan(cfg, run, group, domains)
     metas: dict[tuple, dict] = {}
     units: dict[tuple, dict] = {}
-    mft_snapshots: dict[int, str] = {}  # seed -> MFT meta-learner (for the PCA plot)
+    snapshots: dict[int, dict[str, str]] = {}  # seed -> variant -> best meta-learner (PCA plot, probes)
 
     def on_done(unit: _Unit, res: dict) -> None:
         if unit.domain is None:
             metas[unit.key] = {"seed": unit.seed, "variant": unit.variant, "dev_accuracy": res["best_dev_accuracy"],
                                "wall_time_s": res.get("wall_time_s", 0.0), "path": str(unit.out.relative_to(run))}
-            if unit.variant == "mft":
-                mft_snapshots[unit.seed] = _snapshot(unit, res)
+            snapshots.setdefault(unit.seed, {})[unit.variant] = _snapshot(unit, res)
         else:
             units[unit.key] = _unit_record(unit.seed, unit.variant, unit.domain, res, unit.out, run)
         study["meta"] = [metas[u.key] for u in plan if u.key in metas]
@@ -373,8 +390,11 @@ def _run_study(cfg: StudyConfig) -> dict:
             pca_path = run / f"seed-{seed}" / "pca.json"
             if not pca_path.is_file() or cfg.force:
                 cross = _data_dir(cfg, run, "k-shot-cross", group, seed)
-                embedding_pca(cross, cfg.model, mft_snapshots[seed], pca_path)
+                embedding_pca(cross, cfg.model, snapshots[seed]["mft"], pca_path)
             study["pca"].append({"seed": seed, "path": str(pca_path.relative_to(run))})
+    crosses = {seed: _data_dir(cfg, run, "k-shot-cross", group, seed) for seed in cfg.seeds}
+    study["domain_probe"], study["label_noise"] = study_checks(
+        run, cfg.model, crosses, snapshots, tuple(cfg.meta.get("domain_layers") or ()), cfg.force)
     write_json(run / "study.json", study)
     study["report"] = str(write_report(run))
     return study

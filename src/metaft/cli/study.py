@@ -27,6 +27,10 @@ def register(subparsers) -> None:
     p.add_argument("--seeds", nargs="+", type=int, help="default 42; the full study uses 13 21 42 87 100")
     p.add_argument("--model", help="any HF encoder folder or hub id (default: minilm, the packaged all-MiniLM-L6-v2)")
     p.add_argument("--ablations", help="comma-separated: no-typicality,no-domain-loss,multitask,grl (or 'all')")
+    p.add_argument("--label-noise", dest="label_noise", type=float, metavar="P",
+                   help="positive control: flip a seeded fraction P of the meta-training labels (the cross-domain "
+                        "train split only; recorded in its manifest) and report the typicality AUROC at finding "
+                        "them and MFT vs no-typicality (added as an ablation)")
     p.add_argument("--meta", action="append", metavar="KEY=VALUE", default=[],
                    help="meta-stage setting, e.g. --meta epochs=10 --meta learning_rate=3e-5")
     p.add_argument("--finetune", action="append", metavar="KEY=VALUE", default=[], help="fine-tuning setting")
@@ -70,7 +74,8 @@ def run_main(args) -> int:
     from ..study import ABLATIONS, run_study, study_config_from
 
     file_settings = load_config_file(args.config) if args.config else {}
-    overrides = {k: getattr(args, k) for k in ("out", "group", "input", "corpora", "model", "pca", "force", "jobs")
+    overrides = {k: getattr(args, k) for k in ("out", "group", "input", "corpora", "model", "pca", "force", "jobs",
+                                                 "label_noise")
                  if getattr(args, k, None) is not None}
     if hasattr(args, "k"):
         overrides["k"] = args.k

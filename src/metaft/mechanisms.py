@@ -1,0 +1,233 @@
+"""Mechanism checks of a study: does each part of MFT do what it is meant to?
+
+- **Domain probe** (every study): a linear probe's cross-validated accuracy at telling the domains apart
+  from the meta dev set's sentence embeddings at the corrupted layers, for the pre-trained encoder and for
+  every meta-learner. The domain loss should leave the encoder *more* domain-invariant (a lower accuracy)
+  than the multitask ablation, which has no domain loss.
+- **Class typicality**: per domain, the fraction of training examples closer to their own class prototype
+  than to any other class's (from ``typicality.json``).
+- **Label-noise positive control** (``label_noise`` = P): a seeded fraction P of the meta-training labels is
+  flipped; typicality should rank the flipped examples low (AUROC > 0.5) and MFT should beat the
+  no-typicality ablation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from .fileio import write_json
+
+PROBE_FILE = "domain_probe.json"
+DOMAIN_LOSS_VARIANTS = ("mft", "no-typicality", "grl")  # the meta-learners trained with a domain loss
+REFERENCE = "multitask"  # neither typicality nor a domain loss
+# two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+def t_quantile_975(df: int) -> float:
+    """The 97.5 % quantile of Student's t (a table up to 30 degrees of freedom, then Fisher's expansion)."""
+    if df < 1:
+        raise ValueError("a t-interval needs at least one degree of freedom")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+
+
+def t_interval(diffs: list[float]) -> dict | None:
+    """Mean of paired differences with its 95 % t-interval (None for fewer than two)."""
+    n = len(diffs)
+    if n < 2:
+        return None
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    half = t_quantile_975(n - 1) * sd / math.sqrt(n)
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
+
+
+# --------------------------------------------------------------------------------------- study side
+
+def seed_probes(cross: Path, model: str, snapshots: dict[str, str], out: Path, seed: int,
+                layers: tuple[int, ...] = (), force: bool = False) -> dict:
+    """Domain probes of one seed, cached in ``out``: ``before`` (the pre-trained ``model``) and ``after``
+    (each meta-learner variant's best folder in ``snapshots``); variants already in the file are kept."""
+    from .probe import domain_probe_for_folder, domain_probe_for_model
+
+    saved = None if force else _read(out)
+    probes = saved if saved and saved.get("layers_setting") == list(layers) else {"after": {}}
+    probes["layers_setting"] = list(layers)
+    if "before" not in probes:
+        probes["before"] = domain_probe_for_model(model, cross / "dev.tsv", layers or None, seed)
+    for variant, folder in snapshots.items():
+        if variant not in probes["after"]:
+            probes["after"][variant] = domain_probe_for_folder(folder, cross / "dev.tsv", layers or None, seed)
+    write_json(out, probes)
+    return probes
+
+
+def noise_check(cross: Path) -> dict | None:
+    """AUROC of the typicality scores at ranking the flipped examples of a noisy folder low (clean ones high)."""
+    from .corpora import read_mft_tsv
+    from .noise import flipped_mask, noise_record
+    from .prototypes import auroc
+    from .typicality import load_scores
+
+    record = noise_record(cross)
+    if record is None or not record["n_flipped"]:
+        return None
+    _, flipped = flipped_mask(cross)
+    scores = load_scores(cross, read_mft_tsv(cross / "train.tsv"))
+    clean = [s for s, f in zip(scores, flipped) if not f]
+    noisy = [s for s, f in zip(scores, flipped) if f]
+    return {"fraction": record["fraction"], "n": record["n"], "n_flipped": record["n_flipped"],
+            "auroc": auroc(scores, ~flipped), "mean_score_clean": sum(clean) / len(clean),
+            "mean_score_flipped": sum(noisy) / len(noisy)}
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------------------------------- report
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.1f}"
+
+
+def probe_lines(study: dict) -> list[str]:
+    """The domain-probe table of a study and whether the domain loss beat the multitask ablation at it."""
+    rows = study.get("domain_probe") or []
+    if not rows:
+        return []
+    before = {r["seed"]: r["before"]["mean"] for r in rows}
+    after: dict[str, dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        after[r["variant"]][r["seed"]] = r["after"]["mean"]
+    chance = sum(r["before"]["chance"] for r in rows) / len(rows)
+    lines = ["## Mechanism check: domain probe", "",
+             f"Accuracy % of a logistic regression telling the domains apart ({rows[0]['before']['folds']}-fold "
+             "stratified cross-validation on the meta dev set) from the sentence embeddings (masked mean) at "
+             f"the corrupted layers, averaged over those layers; chance ≈ {_pct(chance)}. Lower after meta "
+             "fine-tuning = more domain-invariant.", "",
+             "| variant | before (pre-trained) | after meta fine-tuning | Δ after − before | per seed (after) |",
+             "|---|---|---|---|---|"]
+    for variant, per_seed in after.items():
+        seeds = sorted(per_seed)
+        b = sum(before[s] for s in seeds) / len(seeds)
+        a = sum(per_seed.values()) / len(seeds)
+        lines.append(f"| {variant} | {_pct(b)} | {_pct(a)} | {(a - b) * 100:+.1f} | "
+                     f"{', '.join(_pct(per_seed[s]) for s in seeds)} |")
+    lines += ["", *_probe_verdict(after), ""]
+    return lines
+
+
+def _probe_verdict(after: dict[str, dict[int, float]]) -> list[str]:
+    with_loss = [v for v in DOMAIN_LOSS_VARIANTS if v in after]
+    if REFERENCE not in after or not with_loss:
+        return [f"Whether the domain loss makes the encoder more domain-invariant needs both a variant with a "
+                f"domain loss and the {REFERENCE} ablation (add `--ablations {REFERENCE}`)."]
+    out = []
+    for variant in with_loss:
+        diffs = [after[variant][s] - after[REFERENCE][s] for s in after[variant] if s in after[REFERENCE]]
+        if not diffs:
+            continue
+        mean = sum(diffs) / len(diffs)
+        verdict = "made the encoder more" if mean < 0 else "did not make the encoder more"
+        out.append(f"- **{variant}**: the domain loss {verdict} domain-invariant than the "
+                   f"{REFERENCE} ablation did (probe accuracy {mean * 100:+.1f} points, mean paired difference "
+                   f"over {len(diffs)} seed(s); lower on {sum(d < 0 for d in diffs)} of them).")
+    return out
+
+
+def typicality_lines(study: dict) -> list[str]:
+    """Per seed and domain: share of training examples closer to their own class prototype than to another."""
+    rows = [r for r in study.get("typicality", []) if r.get("own_prototype_fraction")]
+    if not rows:
+        return []
+    domains = list(dict.fromkeys(d for r in rows for d in r["own_prototype_fraction"]))
+    lines = ["## Mechanism check: class typicality", "",
+             "Share % of meta-training examples closer (cosine) to their own class prototype than to any other "
+             f"class's of their domain ({rows[0].get('space', 'raw')} space"
+             f"{', leaving each example out of its own prototype' if rows[0].get('leave_one_out') else ''}); "
+             "Embeddings that carry no class information give about 1 / (number of classes), somewhat more "
+             "when the example is part of its own prototype.", "",
+             "| seed | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
+    for r in rows:
+        fr = r["own_prototype_fraction"]
+        lines.append(f"| {r['seed']} | " + " | ".join("–" if fr.get(d) is None else _pct(fr[d]) for d in domains)
+                     + " |")
+    return lines + [""]
+
+
+def noise_lines(study: dict) -> list[str]:
+    """The label-noise positive control: typicality AUROC and MFT − no-typicality with its 95 % t-interval."""
+    rows = study.get("label_noise") or []
+    if not rows:
+        return []
+    mean_auroc = sum(r["auroc"] for r in rows) / len(rows)
+    lines = ["## Mechanism check: label-noise positive control", "",
+             f"{_pct(rows[0]['fraction'])} % of the meta-training labels flipped (seeded; recorded in the noisy "
+             "folder's manifest.json; dev and test sets untouched). AUROC = probability that a clean example "
+             "gets a higher typicality score than a flipped one (0.5 = typicality does not see the noise).", "",
+             "| seed | flipped | AUROC | mean score clean / flipped |", "|---|---|---|---|"]
+    lines += [f"| {r['seed']} | {r['n_flipped']} of {r['n']} | {r['auroc']:.3f} | "
+              f"{r['mean_score_clean']:.3f} / {r['mean_score_flipped']:.3f} |" for r in rows]
+    lines += ["", f"Mean AUROC over {len(rows)} seed(s): **{mean_auroc:.3f}**.", ""]
+    return lines + _noise_effect(study)
+
+
+def _noise_effect(study: dict) -> list[str]:
+    acc: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    for u in study["units"]:
+        acc[(u["variant"], u["domain"])][u["seed"]] = u["test_accuracy"]
+    domains = list(dict.fromkeys(u["domain"] for u in study["units"]))
+    lines = ["MFT − no-typicality under this noise (test accuracy points; mean paired difference over seeds "
+             "with its 95 % t-interval):", "", "| domain | Δ | 95 % interval | seeds |", "|---|---|---|---|"]
+    overall: dict[int, list[float]] = defaultdict(list)
+    for d in domains:
+        mft, ablation = acc.get(("mft", d), {}), acc.get(("no-typicality", d), {})
+        diffs = [mft[s] - ablation[s] for s in sorted(mft) if s in ablation]
+        for s in sorted(mft):
+            if s in ablation:
+                overall[s].append(mft[s] - ablation[s])
+        lines.append(_effect_row(d, diffs))
+    lines.append(_effect_row("mean of the domains",
+                             [sum(v) / len(v) for v in overall.values() if len(v) == len(domains)]))
+    return lines + [""]
+
+
+def _effect_row(name: str, diffs: list[float]) -> str:
+    if not diffs:
+        return f"| {name} | – | – | 0 |"
+    ci = t_interval(diffs)
+    mean = sum(diffs) / len(diffs)
+    interval = "– (one seed)" if ci is None else f"[{ci['low'] * 100:+.2f}, {ci['high'] * 100:+.2f}]"
+    return f"| {name} | {mean * 100:+.2f} | {interval} | {len(diffs)} |"
+
+
+def report_lines(study: dict) -> list[str]:
+    """Every mechanism-check section the study has data for (report.md)."""
+    return probe_lines(study) + typicality_lines(study) + noise_lines(study)
+
+
+def study_checks(run: Path, model: str, crosses: dict[int, Path], snapshots: dict[int, dict[str, str]],
+                 layers: tuple[int, ...] = (), force: bool = False) -> tuple[list[dict], list[dict]]:
+    """The study's domain-probe rows (one per seed and meta-learner variant) and label-noise rows (one per
+    seed, only for noisy folders); probes are cached in ``RUN/seed-<s>/domain_probe.json``."""
+    probe_rows, noise_rows = [], []
+    for seed, cross in crosses.items():
+        path = run / f"seed-{seed}" / PROBE_FILE
+        probes = seed_probes(cross, model, snapshots.get(seed, {}), path, seed, layers, force)
+        probe_rows += [{"seed": seed, "variant": v, "before": probes["before"], "after": probes["after"][v],
+                        "path": str(path.relative_to(run))} for v in snapshots.get(seed, {})]
+        if (check := noise_check(cross)) is not None:
+            noise_rows.append({"seed": seed, **check})
+    return probe_rows, noise_rows
