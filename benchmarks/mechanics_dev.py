@@ -52,6 +52,35 @@ def train(work: Path, seed: int, settings: list[str]) -> None:
               f"{time.perf_counter() - t0:.0f} s)", flush=True)
 
 
+def typicality_variants(work: Path, seeds: list[int], noise: float = 0.2) -> list[dict]:
+    """Per seed and typicality setting (space x leave-one-out), from the saved frozen embeddings of the
+    meta-training split: the own-prototype fraction per domain, and the AUROC of the scores at ranking a
+    seeded 20 % of flipped labels low (embeddings do not depend on labels, so no model run is needed)."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from metaft.corpora import read_mft_tsv
+    from metaft.noise import flip_choice
+    from metaft.prototypes import auroc, own_prototype_fraction, typicality_scores
+
+    rows = []
+    for seed in seeds:
+        cross = cross_dir(work, seed)
+        train = read_mft_tsv(cross / "train.tsv")
+        emb = load_file(str(cross / "embeddings.safetensors"))["embeddings"]
+        domains, labels = [ex.domain for ex in train], [ex.label for ex in train]
+        flipped = np.zeros(len(train), dtype=bool)
+        flipped[flip_choice(len(train), noise, seed)] = True
+        noisy = [("1" if lab == "0" else "0") if f else lab for lab, f in zip(labels, flipped)]
+        for space in ("raw", "normalized"):
+            for loo in (False, True):
+                scores = typicality_scores(emb, domains, noisy, space=space, leave_one_out=loo)[0]
+                rows.append({"seed": seed, "space": space, "leave_one_out": loo,
+                             "own_prototype_fraction": own_prototype_fraction(emb, domains, labels, space, loo),
+                             f"auroc_noise_{noise:g}": auroc(scores, ~flipped)})
+    return rows
+
+
 def summarise(work: Path, seeds: list[int], out: Path) -> None:
     from metaft.probe import domain_probe_for_folder, domain_probe_for_model
 
@@ -75,13 +104,15 @@ def summarise(work: Path, seeds: list[int], out: Path) -> None:
     out.write_text(json.dumps({"machine": machine_info(), "recipe": SEED_RECIPE_META, "model": "minilm",
                                "probe": "5-fold stratified logistic regression on the meta dev set, per "
                                         "corrupted layer (masked mean); 'mean' averages the layers",
-                               "rows": rows, "means": means}, indent=2) + "\n", encoding="utf-8")
+                               "rows": rows, "means": means,
+                               "typicality": typicality_variants(work, seeds)}, indent=2) + "\n",
+                   encoding="utf-8")
     print(json.dumps(means, indent=2))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("setup", "train", "summarise"))
+    ap.add_argument("what", choices=("setup", "train", "summarise", "typicality"))
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--seeds", type=int, nargs="+", default=[42, 13])
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
@@ -93,6 +124,8 @@ def main() -> None:
         setup(work, args.seeds)
     elif args.what == "train":
         train(work, args.seed, args.settings)
+    elif args.what == "typicality":
+        print(json.dumps(typicality_variants(work, args.seeds), indent=1))
     else:
         summarise(work, args.seeds, Path(args.out))
 

@@ -294,6 +294,7 @@ def test_study_reports_domain_probe_typicality_and_label_noise(noisy_study):
     for heading in ("domain probe", "class typicality", "label-noise positive control"):
         assert f"## Mechanism check: {heading}" in report
     assert "the encoder more domain-invariant than the multitask ablation did" in report and "| mean of the domains |" in report
+    assert "label noise: 25% of the meta-training labels flipped" in report
 
 
 def test_label_noise_touches_only_the_meta_training_split(noisy_study):

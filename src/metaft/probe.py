@@ -132,8 +132,9 @@ def domain_probe_for_model(model: str, dev_file: str | Path, layers: Sequence[in
     """The domain probe of a pre-trained encoder (hub id, folder or alias) on a cross-domain dev file."""
     from .corpora import read_mft_tsv
     from .hub import load_encoder, load_tokenizer
+    from .typicality import select_device
 
-    encoder = load_encoder(model)
+    encoder = load_encoder(model).to(select_device())
     layers = _probe_layers(encoder.config.num_hidden_layers, layers)
     return domain_probe(read_mft_tsv(dev_file), encoder, load_tokenizer(model), layers, seed)
 
@@ -145,9 +146,10 @@ def domain_probe_for_folder(meta_folder: str | Path, dev_file: str | Path, layer
     from .corpora import read_mft_tsv
     from .hub import load_tokenizer
     from .modeling import MetaLearner
+    from .typicality import select_device
 
     learner = MetaLearner.load(meta_folder)
-    encoder = learner.classifier.base_model
+    encoder = learner.classifier.base_model.to(select_device())
     if learner.domain_head is not None and not layers:
         layers = learner.domain_head.layers
     layers = _probe_layers(encoder.config.num_hidden_layers, layers)

@@ -183,6 +183,8 @@ def render(study: dict, summary: dict, plots: list[str]) -> str:
         f"seeds: {', '.join(map(str, seeds))}, model: `{cfg.get('model', '?')}`",
         f"- machine: {study.get('machine', {}).get('description', 'unknown')}",
         *([f"- **{study['note']}**"] if study.get("note") else []),
+        *([f"- **label noise: {cfg['label_noise']:.0%} of the meta-training labels flipped (a positive control); "
+           "every result below was trained under that noise**"] if cfg.get("label_noise") else []),
         f"- hyper-parameters: {study.get('hyperparameter_note', 'see config.json')}",
         "- accuracy: test set of each domain, checkpoint selected on that domain's dev set; mean ± sample std "
         "(ddof = 1) over seeds; Δ = mean paired difference to the baseline (same seed and splits).", "",
