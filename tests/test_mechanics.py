@@ -110,6 +110,9 @@ def test_settings_are_validated_and_the_cli_maps_on_off(tmp_path):
 
     with pytest.raises(ConfigError, match="corruption"):
         MetaConfig(corruption="shuffle")
+    assert MetaConfig(domain_embedding="off").domain_embedding is False  # --meta domain_embedding=off
+    with pytest.raises(ConfigError, match="domain_embedding"):
+        MetaConfig(domain_embedding="no")
     with pytest.raises(ConfigError, match="space"):
         TypicalityConfig(space="unit")
     args = build_parser().parse_args(["meta-finetune", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"),

@@ -199,6 +199,8 @@ class MetaConfig(TrainConfig):
         _check(self.domain_weight >= 0, f"domain_weight must be >= 0, got {self.domain_weight}")
         _check(self.corruption in ("permute", "uniform"),
                f"corruption must be permute or uniform, got {self.corruption!r}")
+        if self.domain_embedding in ("on", "off"):  # the CLI's words, also in a config file or --meta
+            object.__setattr__(self, "domain_embedding", self.domain_embedding == "on")
         _check(isinstance(self.domain_embedding, bool),
                f"domain_embedding must be on or off (true or false), got {self.domain_embedding!r}")
         _check(self.typicality_norm in ("none", "mean", "mean-global"),
