@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .corpora import Example
 from .errors import OutputError
 from .fileio import atomic_path
+from .records import Example
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,3 @@ class Collator:
         return batch
 
 
-def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over real tokens only: hidden [B, T, H], mask [B, T] -> [B, H]. Padding never counts."""
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .config import FinetuneConfig, MetaConfig
-from .corpora import Example, read_mft_tsv
+from .corpora import read_mft_tsv, sort_labels
 from .errors import ConfigError, DataError
 from .features import EncodedDataset
 from .fileio import write_json
@@ -26,7 +26,7 @@ from .hub import from_pretrained, load_tokenizer, usable_max_length
 from .locking import LOCK_FILE, run_lock
 from .losses import grl_coefficient, mft_loss, weighted_cross_entropy
 from .modeling import MODEL_INPUT_KEYS, MetaLearner, load_classifier, recover_folder
-from .splits import sort_labels
+from .records import Example
 from .training import (
     METRICS_FILE,
     STATE_DIR,

@@ -32,7 +32,7 @@ from torch import nn
 
 from .errors import ConfigError, MetaftError, writing
 from .features import Collator, EncodedDataset
-from .modeling import recover_folder, save_atomic
+from .fileio import recover_folder, save_atomic
 
 logger = logging.getLogger(__name__)
 
