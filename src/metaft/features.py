@@ -187,3 +187,12 @@ class Collator:
         return batch
 
 
+def eval_loader(dataset: EncodedDataset, batch_size: int, accelerator, pad_to_multiple_of: int = 8,
+                pad_to: int | None = None):
+    """An accelerate-prepared loader, longest texts first (batches of similar lengths: little padding; the
+    metrics do not depend on the order); each process gets its share (see gather_for_metrics)."""
+    lengths = dataset.lengths()
+    order = sorted(range(len(dataset)), key=lambda i: -lengths[i])
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order,
+                                         collate_fn=Collator(dataset.pad_id, pad_to_multiple_of, pad_to))
+    return accelerator.prepare(loader)

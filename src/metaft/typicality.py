@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import TypicalityConfig
+from .config import MetaConfig, TypicalityConfig
 from .corpora import read_mft_tsv
 from .errors import ConfigError, DataError, MetaftError
 from .features import Collator, encode
@@ -354,3 +354,35 @@ def load_scores(data_dir: str | Path, examples: Sequence[Example]) -> list[float
                                       f"({len(table)} scores for {len(examples)} examples; "
                                       f"{'; '.join(problems)}): {rerun}")
     return [table[ex.uid] for ex in examples]
+
+
+def typicality_weights(cfg: MetaConfig, data_dir: Path, train: list[Example]) -> list[float]:
+    """Per-example loss weights: typicality scores normalised by ``cfg.typicality_norm``, or all 1.0.
+
+    A score below 0 (an example whose embedding points away from its class prototypes; it happens with
+    sentence-embedding models, not with BERT's usual 0.9-1.0) counts as 0: a negative weight would train the
+    model to get that example wrong.
+    """
+    if not cfg.typicality:
+        return [1.0] * len(train)
+    scores = load_scores(data_dir, train)
+    if negative := sum(s < 0 for s in scores):
+        logger.warning("%d of %d typicality scores are below 0 (min %.4f): they count as 0, so those examples do "
+                       "not contribute to the classification loss", negative, len(scores), min(scores))
+        scores = [max(s, 0.0) for s in scores]
+    if cfg.typicality_norm == "none":
+        return scores
+    groups = {"": list(range(len(train)))} if cfg.typicality_norm == "mean-global" else {}
+    if not groups:
+        for i, ex in enumerate(train):
+            groups.setdefault(ex.domain, []).append(i)
+    weights = list(scores)
+    for domain, idx in groups.items():
+        mean = sum(scores[i] for i in idx) / len(idx)
+        if mean <= 0:
+            raise DataError(data_dir / "typicality.tsv", f"mean typicality of {domain or 'all examples'} is "
+                                                         f"{mean:.4f} <= 0: use --typicality-norm none")
+        for i in idx:
+            weights[i] = scores[i] / mean
+    logger.info("typicality weights (%s): min %.4f, max %.4f", cfg.typicality_norm, min(weights), max(weights))
+    return weights
