@@ -11,8 +11,9 @@ import torch
 
 from metaft.config import MetaConfig, TypicalityConfig
 from metaft.errors import ConfigError
+from metaft.fileio import save_atomic
 from metaft.losses import corrupted_domain_targets, mft_loss
-from metaft.modeling import META_FILE, MetaLearner, save_atomic
+from metaft.modeling import META_FILE, MetaLearner
 from metaft.prototypes import auroc, own_prototype_fraction, typicality_scores
 from metaft.study import StudyConfig
 
@@ -200,9 +201,9 @@ def test_stratified_folds_keep_every_class_in_every_fold():
 
 
 def test_domain_probe_on_texts_with_an_encoder(tiny_model_dir):
-    from metaft.corpora import Example
     from metaft.hub import load_encoder, load_tokenizer
     from metaft.probe import domain_probe
+    from metaft.records import Example
 
     movie = ["movie film plot acting story", "film plot boring acting", "great movie story", "the film acting"]
     gadget = ["battery screen price", "sound quality screen", "battery broke fast", "price of the screen"]

@@ -13,12 +13,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
 
-from .fileio import write_json
+from .fileio import read_json, write_json
 
 PROBE_FILE = "domain_probe.json"
 DOMAIN_LOSS_VARIANTS = ("mft", "no-typicality", "grl")  # the meta-learners trained with a domain loss
@@ -58,7 +57,7 @@ def seed_probes(cross: Path, model: str, snapshots: dict[str, str], out: Path, s
     (each meta-learner variant's best folder in ``snapshots``); variants already in the file are kept."""
     from .probe import domain_probe_for_folder, domain_probe_for_model
 
-    saved = None if force else _read(out)
+    saved = None if force else read_json(out)
     probes = saved if saved and saved.get("layers_setting") == list(layers) else {"after": {}}
     probes["layers_setting"] = list(layers)
     if "before" not in probes:
@@ -87,13 +86,6 @@ def noise_check(cross: Path) -> dict | None:
     return {"fraction": record["fraction"], "n": record["n"], "n_flipped": record["n_flipped"],
             "auroc": auroc(scores, ~flipped), "mean_score_clean": sum(clean) / len(clean),
             "mean_score_flipped": sum(noisy) / len(noisy)}
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 # ------------------------------------------------------------------------------------------- report

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .features import Collator, encode, masked_mean
+from .features import Collator, encode
+from .pooling import masked_mean
 
 PROBE_FOLDS = 5
 
