@@ -90,6 +90,30 @@ def late_domain_loss(run: Path) -> float:
     return sum(r["loss_domain"] for r in last) / len(last)
 
 
+def run_result(run: Path) -> dict:
+    """A run's best dev accuracy, best step and best folder; for a run stopped early (no meta_results.json),
+    what its metrics.jsonl and best snapshot so far say, marked ``finished: false``."""
+    if (run / "meta_results.json").is_file():
+        res = json.loads((run / "meta_results.json").read_text(encoding="utf-8"))
+        return {"finished": True, "meta_dev_accuracy": res["best_dev_accuracy"], "best_step": res["best_step"],
+                "steps_done": res["total_steps"], "wall_time_s": res["wall_time_s"],
+                "best_dir": run / res["best_model_name"]}
+    devs = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+            if '"kind": "dev"' in line]
+    best = max(devs, key=lambda r: r["dev_accuracy"])  # ties: the earliest, as training keeps it
+    (best_dir,) = run.glob("snapshot_best_*")
+    return {"finished": False, "meta_dev_accuracy": best["best_dev_accuracy"], "best_step": best["best_step"],
+            "steps_done": devs[-1]["step"], "wall_time_s": devs[-1]["elapsed_s"], "best_dir": best_dir}
+
+
+def best_dev_until(run: Path, step: int) -> float:
+    """The best dev accuracy among the run's evaluations at or before ``step`` (compares runs cut at
+    different points on equal terms)."""
+    devs = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+            if '"kind": "dev"' in line]
+    return max(r["dev_accuracy"] for r in devs if r["step"] <= step)
+
+
 def summarise(work: Path, seeds: list[int], out: Path) -> None:
     from metaft.probe import domain_probe_for_folder, domain_probe_for_model
 
@@ -99,16 +123,22 @@ def summarise(work: Path, seeds: list[int], out: Path) -> None:
         before = domain_probe_for_model("minilm", cross / "dev.tsv", seed=seed)
         for name in SETTINGS:
             run = work / f"meta-{name}-{seed}"
-            res = json.loads((run / "meta_results.json").read_text(encoding="utf-8"))
-            after = domain_probe_for_folder(run / res["best_model_name"], cross / "dev.tsv", seed=seed)
-            rows.append({"seed": seed, "setting": name, **SETTINGS[name],
-                         "meta_dev_accuracy": res["best_dev_accuracy"], "best_step": res["best_step"],
-                         "wall_time_s": res["wall_time_s"], "late_domain_loss": late_domain_loss(run),
-                         "probe_before": before, "probe_after": after})
+            res = run_result(run)
+            after = domain_probe_for_folder(res.pop("best_dir"), cross / "dev.tsv", seed=seed)
+            rows.append({"seed": seed, "setting": name, **SETTINGS[name], **res,
+                         "late_domain_loss": late_domain_loss(run), "probe_before": before, "probe_after": after})
+    for seed in seeds:
+        pair = [r for r in rows if r["seed"] == seed]
+        common = min(r["steps_done"] for r in pair)
+        for r in pair:
+            r["common_step"] = common
+            r["best_dev_until_common_step"] = best_dev_until(work / f"meta-{r['setting']}-{seed}", common)
     means = {}
     for name in SETTINGS:
         sel = [r for r in rows if r["setting"] == name]
         means[name] = {"meta_dev_accuracy": sum(r["meta_dev_accuracy"] for r in sel) / len(sel),
+                       "best_dev_until_common_step": sum(r["best_dev_until_common_step"] for r in sel) / len(sel),
+                       "late_domain_loss": sum(r["late_domain_loss"] for r in sel) / len(sel),
                        "probe_before": sum(r["probe_before"]["mean"] for r in sel) / len(sel),
                        "probe_after": sum(r["probe_after"]["mean"] for r in sel) / len(sel)}
     out.write_text(json.dumps({"machine": machine_info(), "recipe": SEED_RECIPE_META, "model": "minilm",
