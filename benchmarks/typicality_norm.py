@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from metaft import MetaConfig, PrepareConfig, TypicalityConfig, compute_typicality, meta_finetune, prepare
-from metaft.study import SEED_RECIPE_META, machine_info
+from metaft.config import SEED_RECIPE_META
+from metaft.study import machine_info
 
 
 def main() -> None:
