@@ -59,9 +59,15 @@ def parse_k(value: Any) -> int | None:
     return k
 
 
-def _all_ablations(value: Any) -> Any:
-    """``ablations: all`` (or ``--ablations all``) names every ablation."""
-    return ABLATIONS if value == "all" or value == ["all"] else value
+def _ablations(value: Any) -> Any:
+    """``ablations: all`` (or ``--ablations all``) names every ablation; others must be known."""
+    if value == "all" or value == ["all"]:
+        return ABLATIONS
+    names = value.replace(",", " ").split() if isinstance(value, str) else value
+    if isinstance(names, (list, tuple)):
+        if bad := [a for a in names if a not in ABLATIONS]:
+            raise ConfigError(f"unknown ablation(s) {bad}; choose from {', '.join(ABLATIONS)} (or all)")
+    return names
 
 
 def redefault(cls: type, name: str, default: Any, **changes: Any) -> Any:
@@ -269,7 +275,7 @@ class StudyConfig(Settings):
     seeds: tuple[int, ...] = redefault(PrepareConfig, "seeds", (42,), help="k-shot sampling and run seeds; the "
                                        f"full study uses {' '.join(map(str, STANDARD_SEEDS))}")
     model: str = redefault(Source, "model", DEFAULT_MODEL, flags=())
-    ablations: tuple[Ablation, ...] = setting((), nargs=None, parse=_all_ablations,
+    ablations: tuple[Ablation, ...] = setting((), nargs=None, parse=_ablations,
                                               help=f"comma-separated: {','.join(ABLATIONS)} (or 'all')")
     force: bool = setting(False, help="redo finished units")
     pca: bool = setting(True, flags=("--no-pca",), help="skip the embedding PCA plot")

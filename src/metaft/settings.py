@@ -49,6 +49,11 @@ def _bad(name: str, what: str, value: Any) -> ConfigError:
     return ConfigError(f"{name} must be {what}, got {value!r}")
 
 
+def _show(value: Any) -> str:
+    """A name or value for a one-line message: as it is when plain, else quoted."""
+    return str(value) if re.fullmatch(r"[\w.+-]+", str(value)) else repr(value)
+
+
 def _split_list(text: str) -> list:
     text = text.strip()
     if text.startswith("["):
@@ -81,7 +86,7 @@ def convert(value: Any, tp: Any, name: str, text: bool = False) -> Any:
         items = (_split_list(value) if isinstance(value, str) else list(value) if isinstance(value, (list, tuple))
                  else [value])
         out = tuple(convert(v, args[0], name, text or isinstance(v, str)) for v in items)
-        twice = sorted({str(v) for v in out if out.count(v) > 1})
+        twice = sorted({_show(v) for v in out if out.count(v) > 1})
         if twice:
             raise ConfigError(f"{name} lists {', '.join(twice)} more than once; give each value once")
         return out
@@ -135,7 +140,8 @@ def _check_range(f: dataclasses.Field, value: Any, name: str) -> None:
                             ("lt", "<", lambda a, b: a < b), ("le", "<=", lambda a, b: a <= b)):
             bound = meta.get(key)
             if bound is not None and not ok(item, bound):
-                raise ConfigError(f"{name} must be {op} {bound:g}, got {item!r}")
+                raise ConfigError(f"{name} must be {op} {bound:g}, got {item!r}" if isinstance(bound, float)
+                                  else f"{name} must be {op} {bound}, got {item!r}")
 
 
 def check_value(cls: type, f: dataclasses.Field, value: Any, name: str, text: bool = False) -> Any:
@@ -274,7 +280,7 @@ def unknown(cls: type, keys: Iterable[Any], prefix: str = "") -> None:
             raise ConfigError(f"{prefix}{key} is not set here: {cls.MANAGED[key]}")
         close = difflib.get_close_matches(str(key), list(fields), n=1)
         hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-        raise ConfigError(f"unknown setting {prefix}{key}{hint}")
+        raise ConfigError(f"unknown setting {prefix}{_show(key)}{hint}")
 
 
 def parse_text(cls: type, key: str, raw: str, prefix: str = "") -> Any:
@@ -308,10 +314,11 @@ def _arg_type(cls: type, f: dataclasses.Field, element: bool) -> Callable[[str],
 
 
 def add_arguments(parser, cls: type, names: Iterable[str] | None = None, *, dest_prefix: str = "",
-                  defaults_from: Any = None) -> None:
+                  defaults_from: Any = None, typed: bool = True) -> None:
     """Add a flag per setting of ``cls`` (or of ``names``) to ``parser``, with ``dest`` the setting name
     (after ``dest_prefix``). Unset flags leave the attribute out (argparse.SUPPRESS), so the dataclass default
-    applies; the help shows that default (``defaults_from``: an instance whose values to show instead)."""
+    applies; the help shows that default (``defaults_from``: an instance whose values to show instead).
+    ``typed=False`` leaves the values as text for the settings class to read (its errors are one line)."""
     fields = field_map(cls)
     for name in names if names is not None else fields:
         f = fields[name]
@@ -329,13 +336,14 @@ def add_arguments(parser, cls: type, names: Iterable[str] | None = None, *, dest
         else:
             is_list = typing.get_origin(tp) is tuple
             element = is_list and meta.get("nargs") == "+"
-            kw["type"] = _arg_type(cls, f, element)
+            if typed:
+                kw["type"] = _arg_type(cls, f, element)
             if element:
                 kw["nargs"] = "+"
             if meta.get("metavar") or dest_prefix:
                 kw["metavar"] = meta.get("metavar") or name.upper()
             literal = tp if typing.get_origin(tp) is Literal else None
-            if literal is not None:
+            if literal is not None and typed:
                 kw["choices"] = typing.get_args(literal)
             if shown is not None and "(default" not in help_text:
                 help_text = f"{help_text} (default: {shown})" if help_text else f"default: {shown}"

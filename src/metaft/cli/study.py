@@ -18,10 +18,10 @@ def register(subparsers) -> None:
                     "baseline (the same fine-tuning from the raw pre-trained model). Finished units are "
                     "skipped on a rerun (--force redoes them).")
     p.add_argument("--config", help="YAML or JSON file with study settings; CLI flags override it")
-    add_arguments(p, StudyConfig, ["out", "model"])
+    add_arguments(p, StudyConfig, ["out", "model"], typed=False)
     add_arguments(p, SplitSettings, ["group", "domains", "input", "test", "corpora", "k", "dev_fraction"],
-                  dest_prefix="prepare.", defaults_from=StudyConfig().prepare)
-    add_arguments(p, StudyConfig, ["seeds", "ablations"])
+                  dest_prefix="prepare.", defaults_from=StudyConfig().prepare, typed=False)
+    add_arguments(p, StudyConfig, ["seeds", "ablations"], typed=False)
     p.add_argument("--meta", action="append", metavar="KEY=VALUE", default=[],
                    help="meta-stage setting, e.g. --meta epochs=10 --meta learning_rate=3e-5 (the settings of "
                         "`metaft meta-finetune --help`, by name)")
@@ -29,7 +29,7 @@ def register(subparsers) -> None:
                    help="fine-tuning setting (those of `metaft finetune --help`)")
     p.add_argument("--typicality", action="append", metavar="KEY=VALUE", default=[],
                    help="stage-1 setting (those of `metaft preprocess --help`)")
-    add_arguments(p, StudyConfig, ["pca", "jobs", "force"])
+    add_arguments(p, StudyConfig, ["pca", "jobs", "force"], typed=False)
     p.set_defaults(func=run_main)
 
     r = subparsers.add_parser("report", help="rebuild report.md and the plots of a study from its JSON results")
@@ -59,10 +59,8 @@ def _settings(pairs: list[str], section: str) -> dict:
     return out
 
 
-def run_main(args) -> int:
-    from ..report import console_table, summarise
-    from ..study import run_study
-
+def study_config(args) -> StudyConfig:
+    """The study of ``metaft run``: its config file's settings, overridden by its flags."""
     file_config = config_from_file(args.config) if args.config else None
     overrides: dict = {}
     for dest, value in vars(args).items():
@@ -72,13 +70,19 @@ def run_main(args) -> int:
         elif dest in StudyConfig.__dataclass_fields__ and dest not in ("prepare", "typicality", "meta", "finetune"):
             overrides[dest] = value
     prepare = overrides.get("prepare", {})
-    if ("domains" in prepare or "input" in prepare) and "group" not in prepare:
-        prepare["group"] = None  # named by its domains / file, not the default g1
+    if "domains" in prepare and "group" not in prepare:
+        prepare["group"] = None  # named by its domains, not the file's or the default group
     for section in ("typicality", "meta", "finetune"):
         if getattr(args, section):
             overrides[section] = _settings(getattr(args, section), section)
-    cfg = study_config_from(file_config, overrides)
-    study = run_study(cfg)
+    return study_config_from(file_config, overrides)
+
+
+def run_main(args) -> int:
+    from ..report import console_table, summarise
+    from ..study import run_study
+
+    study = run_study(study_config(args))
     print(console_table(summarise(study)))
     print(f"report: {study['report']}")
     return 0
