@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from metaft.cli import main
-from metaft.errors import ConfigError
 from metaft.config import StudyConfig
+from metaft.errors import ConfigError
 from metaft.study import run_study
 
 FAST = {"meta": {"epochs": 1, "batch_size": 8, "eval_batch_size": 256, "learning_rate": 1e-4},
