@@ -268,6 +268,21 @@ class FinetuneConfig(FinetuneSettings, TrainConfig):
 
 
 @dataclass(frozen=True)
+class PredictConfig(Settings):
+    """``metaft predict``: classify texts with a saved model."""
+
+    model: str = setting("", help="a fine-tuned model folder (e.g. .../finetune/mft/SST-2/best)")
+    input: str = setting("-", help="a text file, one text per line, or - for standard input")
+    max_length: int = redefault(EncoderSettings, "max_length", EncoderSettings.max_length, flags=())
+    batch_size: int = redefault(TrainSettings, "eval_batch_size", TrainSettings.eval_batch_size, flags=(),
+                                help="texts classified at once")
+
+    def check(self) -> None:
+        if not self.model:
+            raise ConfigError("give the model: metaft predict --model DIR")
+
+
+@dataclass(frozen=True)
 class StudyConfig(Settings):
     """A whole study: study-wide settings and one section per stage."""
 

@@ -6,9 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from ..config import SplitSettings, StudyConfig, config_from_file, study_config_from
+from ..config import PredictConfig, SplitSettings, StudyConfig, config_from_file, study_config_from
 from ..errors import ConfigError, DataError
-from ..settings import add_arguments, parse_text
+from ..settings import add_arguments, from_args, parse_text
 
 
 def register(subparsers) -> None:
@@ -39,10 +39,7 @@ def register(subparsers) -> None:
     r.set_defaults(func=report_main)
 
     q = subparsers.add_parser("predict", help="classify texts with a saved model: one JSON line per input line")
-    q.add_argument("--model", required=True, help="a fine-tuned model folder (e.g. .../finetune/mft/SST-2/best)")
-    q.add_argument("--input", default="-", help="a text file, one text per line, or - for standard input")
-    q.add_argument("--max-length", type=int, default=128)
-    q.add_argument("--batch-size", type=int, default=64)
+    add_arguments(q, PredictConfig)
     q.set_defaults(func=predict_main)
 
 
@@ -103,17 +100,18 @@ def report_main(args) -> int:
 def predict_main(args) -> int:
     from ..predict import load_predictor, predict
 
-    if args.input == "-":
+    cfg = from_args(PredictConfig, args)
+    if cfg.input == "-":
         lines = sys.stdin.read().split("\n")
     else:
         try:
-            lines = Path(args.input).read_text(encoding="utf-8").split("\n")
+            lines = Path(cfg.input).read_text(encoding="utf-8").split("\n")
         except FileNotFoundError:
-            raise DataError(args.input, "file not found") from None
+            raise DataError(cfg.input, "file not found") from None
         except UnicodeDecodeError as exc:
-            raise DataError(args.input, f"not valid UTF-8 (byte {exc.start})") from None
+            raise DataError(cfg.input, f"not valid UTF-8 (byte {exc.start})") from None
     texts = [t.rstrip("\r") for t in lines if t.strip()]
-    model, tokenizer = load_predictor(args.model)
-    for rec in predict(texts, model, tokenizer, args.max_length, args.batch_size):
+    model, tokenizer = load_predictor(cfg.model)
+    for rec in predict(texts, model, tokenizer, cfg.max_length, cfg.batch_size):
         print(json.dumps(rec, ensure_ascii=False))
     return 0
