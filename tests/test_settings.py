@@ -249,15 +249,15 @@ def old_study(tmp_path) -> Path:
 
 
 def test_a_study_folder_of_the_previous_version_resumes_with_the_same_settings(old_study):
-    from metaft.study import _check_same_study
+    from metaft.study import check_same_study
 
     cfg = study_config_from(config_from_file(ROOT / "benchmarks" / "configs" / "g1.yaml"), {"out": str(old_study)})
-    _check_same_study(old_study, cfg)  # no error: same study
-    _check_same_study(old_study, cfg.replace(seeds=(42,), jobs=2))  # seeds and jobs may change
+    check_same_study(old_study, cfg)  # no error: same study
+    check_same_study(old_study, cfg.replace(seeds=(42,), jobs=2))  # seeds and jobs may change
     with pytest.raises(ConfigError, match=r"other settings \(finetune.learning_rate: 1e-05 -> 0.0003\)"):
-        _check_same_study(old_study, cfg.replace(finetune=cfg.finetune.replace(learning_rate=3e-4)))
+        check_same_study(old_study, cfg.replace(finetune=cfg.finetune.replace(learning_rate=3e-4)))
     with pytest.raises(ConfigError, match=r"prepare.k: 16 -> 8"):
-        _check_same_study(old_study, cfg.replace(prepare=cfg.prepare.replace(k=8)))
+        check_same_study(old_study, cfg.replace(prepare=cfg.prepare.replace(k=8)))
 
 
 def test_a_saved_config_that_is_not_valid_is_refused_clearly(old_study, capsys):

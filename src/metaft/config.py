@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from .errors import ConfigError
+from .fileio import write_json
 from .hub import DEFAULT_MODEL
+from .pooling import POOLINGS
 from .settings import Settings, field_map, setting
 
 STANDARD_SEEDS = (13, 21, 42, 87, 100)
 MAX_SEED = 2**32 - 1
 
-Pooling = Literal["mean", "cls", "pooler"]
+Pooling = Literal[POOLINGS]  # noqa: F821 - declared with the poolings themselves
 Aggregation = Literal["mean-prototype", "mean-cosine"]
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
@@ -81,6 +83,13 @@ def _nonempty(values: tuple, name: str) -> None:
         raise ConfigError(f"{name} must list at least one value (give at least one seed)")
 
 
+class Saved(Settings):
+    """Settings written into a run folder as ``config.json``."""
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, self.to_dict(), sort_keys=True)
+
+
 @dataclass(frozen=True)
 class SplitSettings(Settings):
     """Stage 0 settings: which corpora, domains and K the splits are drawn from."""
@@ -104,7 +113,7 @@ class SplitSettings(Settings):
 
 
 @dataclass(frozen=True)
-class PrepareConfig(SplitSettings):
+class PrepareConfig(SplitSettings, Saved):
     """Stage 0: raw corpora -> k-shot (or full) splits in the MFT layout."""
 
     out: str = setting("data", help="output folder")
@@ -128,7 +137,7 @@ class EncoderSettings(Settings):
 
 
 @dataclass(frozen=True)
-class Source(Settings):
+class Source(Saved):
     """What a stage run reads: its prepared data folder and the model it starts from."""
 
     data_dir: str = setting("", flags=("--data-dir", "--data_dir"), help="prepared folder (train.tsv, dev.tsv, ...)")
@@ -283,7 +292,7 @@ class PredictConfig(Settings):
 
 
 @dataclass(frozen=True)
-class StudyConfig(Settings):
+class StudyConfig(Saved):
     """A whole study: study-wide settings and one section per stage."""
 
     out: str = setting("runs/study", help="run folder")

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 from .errors import ConfigError
-from .fileio import write_json
 
 _NONE = type(None)
 _TRUE = ("true", "yes", "on", "1")
@@ -257,9 +256,6 @@ class Settings:
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
-
-    def save(self, path: str | Path) -> None:
-        write_json(path, self.to_dict(), sort_keys=True)
 
 
 def _merged(cls: type, name: str, value: Any) -> Any:

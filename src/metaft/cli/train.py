@@ -78,7 +78,7 @@ def register(subparsers) -> None:
 
 def make_config(args, cls, kind: str):
     """Map parsed flags onto ``cls`` (MetaConfig or FinetuneConfig); unset flags keep its defaults."""
-    from ..stages import task_name_for
+    from ..prepared import task_name_for
 
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in vars(args).items() if k in names}
@@ -102,7 +102,7 @@ def make_config(args, cls, kind: str):
 
 def _main_process() -> bool:
     """Under `accelerate launch` / torchrun only the main process prints the summary."""
-    from ..training import process_state
+    from ..devices import process_state
 
     return process_state().is_main_process
 
