@@ -78,7 +78,10 @@ def test_units_in_parallel_workers_give_the_same_study(tiny_study, tmp_path):
     cfg, study = tiny_study
     parallel = run_study(cfg.replace(out=str(tmp_path / "parallel"), jobs=2))
     keep = ("seed", "variant", "domain", "test_accuracy", "test_macro_f1", "dev_accuracy", "path")
-    assert [{k: getattr(u, k) for k in keep} for u in parallel.units] == [{k: getattr(u, k) for k in keep} for u in study.units]
+    def kept(s):
+        return [{k: getattr(u, k) for k in keep} for u in s.units]
+
+    assert kept(parallel) == kept(study)
     assert [m.dev_accuracy for m in parallel.meta] == [m.dev_accuracy for m in study.meta]
 
 

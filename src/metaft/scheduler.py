@@ -114,7 +114,8 @@ def execute(cfg, plan: list[Unit], group: str, on_done, run_unit: RunUnit) -> No
     """Run the unfinished units of ``plan``, ``resolve_jobs(cfg.jobs)`` at a time in worker processes,
     each as soon as the meta stage it starts from is done: ``run_unit(cfg, unit, model, group)`` (a module-level
     function, so worker processes can import it) trains one unit and returns its results; ``on_done(unit,
-    results)`` is called as each one completes. Finished units are not rerun (they are reported first, in plan order)."""
+    results)`` is called as each one completes. Finished units are not rerun (they are reported first, in plan
+    order)."""
     snapshots: dict[tuple, str] = {}  # meta stages done: key -> best meta-learner folder
     # units run by this call; the estimate: work left / (work done per second a worker was busy x workers)
     progress = {"done": 0, "start": time.monotonic(), "work_done": 0.0, "busy_s": 0.0, "jobs": 1}

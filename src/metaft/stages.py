@@ -1,4 +1,4 @@
-"""Stages 2 and 3 as functions: ``meta_finetune(MetaConfig) -> Path`` and ``finetune(FinetuneConfig) -> FinetuneResult``.
+"""Stages 2 and 3 as functions: ``meta_finetune(MetaConfig) -> Path``, ``finetune(FinetuneConfig) -> FinetuneResult``.
 
 Both read prepared folders (``train.tsv``, ``dev.tsv``[, ``test.tsv``]), train with the one loop of
 :mod:`metaft.training` and write a run folder: ``config.json``, ``metrics.jsonl``, the best checkpoint
