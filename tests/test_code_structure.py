@@ -74,7 +74,6 @@ def test_modules_are_short():
     assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 
-# Left for the settings work of issue 15, which moves StudyConfig into config.py (then this set must be emptied).
 PENDING: set = set()
 
 
