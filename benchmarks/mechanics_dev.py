@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from metaft import MetaConfig, PrepareConfig, TypicalityConfig, compute_typicality, meta_finetune, prepare
-from metaft.study import SEED_RECIPE_META, machine_info
+from metaft.config import SEED_RECIPE_META
+from metaft.study import machine_info
 
 SETTINGS = {"permute-on": {"corruption": "permute", "domain_embedding": True},
             "uniform-off": {"corruption": "uniform", "domain_embedding": False}}
@@ -141,7 +142,7 @@ def summarise(work: Path, seeds: list[int], out: Path) -> None:
                        "late_domain_loss": sum(r["late_domain_loss"] for r in sel) / len(sel),
                        "probe_before": sum(r["probe_before"]["mean"] for r in sel) / len(sel),
                        "probe_after": sum(r["probe_after"]["mean"] for r in sel) / len(sel)}
-    out.write_text(json.dumps({"machine": machine_info(), "recipe": SEED_RECIPE_META, "model": "minilm",
+    out.write_text(json.dumps({"machine": machine_info(), "recipe": {**SEED_RECIPE_META, "learning_rate": MetaConfig().learning_rate}, "model": "minilm",
                                "probe": "5-fold stratified logistic regression on the meta dev set, per "
                                         "corrupted layer (masked mean); 'mean' averages the layers",
                                "rows": rows, "means": means,

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from metaft.config import MetaConfig, TypicalityConfig
+from metaft.config import MetaConfig, StudyConfig, TypicalityConfig
 from metaft.errors import ConfigError
 from metaft.fileio import save_atomic
 from metaft.losses import corrupted_domain_targets, mft_loss
 from metaft.modeling import META_FILE, MetaLearner
 from metaft.prototypes import auroc, own_prototype_fraction, typicality_scores
-from metaft.study import StudyConfig
 
 
 def _batch(n=6, t=8, domains=3, seed=0):
@@ -117,10 +116,11 @@ def test_settings_are_validated_and_the_cli_maps_on_off(tmp_path):
     with pytest.raises(ConfigError, match="space"):
         TypicalityConfig(space="unit")
     args = build_parser().parse_args(["meta-finetune", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"),
-                                      "--corruption", "uniform", "--domain-embedding", "off"])
+                                      "--corruption", "uniform", "--no-domain-embedding"])
     cfg = make_config(args, MetaConfig, "meta")
     assert cfg.corruption == "uniform" and cfg.domain_embedding is False
-    assert build_parser().parse_args(["run", "--label-noise", "0.2"]).label_noise == 0.2
+    assert build_parser().parse_args(["run", "--label-noise", "0.2"]).label_noise in ("0.2", 0.2)
+    assert StudyConfig.from_dict({"label_noise": 0.2}).ablations == ("no-typicality",)
     with pytest.raises(ConfigError, match="label_noise"):
         StudyConfig(label_noise=1.0)
 
@@ -272,12 +272,13 @@ def test_t_interval_matches_a_hand_computation():
 
 @pytest.fixture(scope="module")
 def noisy_study(tiny_model_dir, corpora_root, tmp_path_factory):
-    from metaft.study import StudyConfig, run_study
+    from metaft.study import run_study
 
     fast = {"epochs": 1, "batch_size": 8, "eval_batch_size": 256, "learning_rate": 1e-4}
-    cfg = StudyConfig(out=str(tmp_path_factory.mktemp("noisy-study")), corpora=str(corpora_root), group="g1",
-                      k=4, seeds=(42,), model=str(tiny_model_dir), ablations=("multitask",), jobs=1, pca=False,
-                      label_noise=0.25, meta=fast, finetune={**fast, "test_limit": 32})
+    cfg = StudyConfig.from_dict(dict(out=str(tmp_path_factory.mktemp("noisy-study")), corpora=str(corpora_root),
+                                     group="g1", k=4, seeds=(42,), model=str(tiny_model_dir), ablations=("multitask",),
+                                     jobs=1, pca=False, label_noise=0.25, meta=fast,
+                                     finetune={**fast, "test_limit": 32}))
     return cfg, run_study(cfg)
 
 
@@ -286,14 +287,14 @@ def test_study_reports_domain_probe_typicality_and_label_noise(noisy_study):
 
     cfg, study = noisy_study
     assert cfg.ablations == ("multitask", "no-typicality"), "the noise control adds the no-typicality ablation"
-    probes = {r["variant"]: r for r in study["domain_probe"]}
+    probes = {r["variant"]: r for r in study.domain_probe}
     assert set(probes) == {"mft", "multitask", "no-typicality"}
     assert all(0.0 <= r["after"]["mean"] <= 1.0 and set(r["after"]["layers"]) == {"0", "1", "2", "3"}
                for r in probes.values())
     assert probes["mft"]["before"] == probes["multitask"]["before"], "one pre-trained probe a seed"
-    (noise,) = study["label_noise"]
+    (noise,) = study.label_noise
     assert noise["n"] == 24 and noise["n_flipped"] == 6 and 0.0 <= noise["auroc"] <= 1.0
-    assert set(study["typicality"][0]["own_prototype_fraction"]) == {"SST-2", "MR", "CR"}
+    assert set(study.typicality[0].own_prototype_fraction) == {"SST-2", "MR", "CR"}
     report = (Path(cfg.out) / "report.md").read_text()
     for heading in ("domain probe", "class typicality", "label-noise positive control"):
         assert f"## Mechanism check: {heading}" in report

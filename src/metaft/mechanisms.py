@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from pathlib import Path
 
-from .fileio import read_json, write_json
-
-PROBE_FILE = "domain_probe.json"
+TYPICALITY_CHECKS = ("space", "leave_one_out", "own_prototype_fraction")  # typicality.json keys the study keeps
 DOMAIN_LOSS_VARIANTS = ("mft", "no-typicality", "grl")  # the meta-learners trained with a domain loss
 REFERENCE = "multitask"  # neither typicality nor a domain loss
 # two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom
@@ -49,54 +46,16 @@ def t_interval(diffs: list[float]) -> dict | None:
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
 
 
-# --------------------------------------------------------------------------------------- study side
-
-def seed_probes(cross: Path, model: str, snapshots: dict[str, str], out: Path, seed: int,
-                layers: tuple[int, ...] = (), force: bool = False) -> dict:
-    """Domain probes of one seed, cached in ``out``: ``before`` (the pre-trained ``model``) and ``after``
-    (each meta-learner variant's best folder in ``snapshots``); variants already in the file are kept."""
-    from .probe import domain_probe_for_folder, domain_probe_for_model
-
-    saved = None if force else read_json(out)
-    probes = saved if saved and saved.get("layers_setting") == list(layers) else {"after": {}}
-    probes["layers_setting"] = list(layers)
-    if "before" not in probes:
-        probes["before"] = domain_probe_for_model(model, cross / "dev.tsv", layers or None, seed)
-    for variant, folder in snapshots.items():
-        if variant not in probes["after"]:
-            probes["after"][variant] = domain_probe_for_folder(folder, cross / "dev.tsv", layers or None, seed)
-    write_json(out, probes)
-    return probes
-
-
-def noise_check(cross: Path) -> dict | None:
-    """AUROC of the typicality scores at ranking the flipped examples of a noisy folder low (clean ones high)."""
-    from .corpora import read_mft_tsv
-    from .noise import flipped_mask, noise_record
-    from .prototypes import auroc
-    from .typicality import load_scores
-
-    record = noise_record(cross)
-    if record is None or not record["n_flipped"]:
-        return None
-    _, flipped = flipped_mask(cross)
-    scores = load_scores(cross, read_mft_tsv(cross / "train.tsv"))
-    clean = [s for s, f in zip(scores, flipped) if not f]
-    noisy = [s for s, f in zip(scores, flipped) if f]
-    return {"fraction": record["fraction"], "n": record["n"], "n_flipped": record["n_flipped"],
-            "auroc": auroc(scores, ~flipped), "mean_score_clean": sum(clean) / len(clean),
-            "mean_score_flipped": sum(noisy) / len(noisy)}
-
-
 # ------------------------------------------------------------------------------------------- report
 
 def _pct(x: float) -> str:
     return f"{x * 100:.1f}"
 
 
-def probe_lines(study: dict) -> list[str]:
-    """The domain-probe table of a study and whether the domain loss beat the multitask ablation at it."""
-    rows = study.get("domain_probe") or []
+def probe_lines(study) -> list[str]:
+    """The domain-probe table of a study (``StudyResults``) and whether the domain loss beat the multitask
+    ablation at it."""
+    rows = study.domain_probe
     if not rows:
         return []
     before = {r["seed"]: r["before"]["mean"] for r in rows}
@@ -139,29 +98,29 @@ def _probe_verdict(after: dict[str, dict[int, float]]) -> list[str]:
     return out
 
 
-def typicality_lines(study: dict) -> list[str]:
+def typicality_lines(study) -> list[str]:
     """Per seed and domain: share of training examples closer to their own class prototype than to another."""
-    rows = [r for r in study.get("typicality", []) if r.get("own_prototype_fraction")]
+    rows = [r for r in study.typicality if r.own_prototype_fraction]
     if not rows:
         return []
-    domains = list(dict.fromkeys(d for r in rows for d in r["own_prototype_fraction"]))
+    domains = list(dict.fromkeys(d for r in rows for d in r.own_prototype_fraction))
     lines = ["## Mechanism check: class typicality", "",
              "Share % of meta-training examples closer (cosine) to their own class prototype than to any other "
-             f"class's of their domain ({rows[0].get('space', 'raw')} space"
-             f"{', leaving each example out of its own prototype' if rows[0].get('leave_one_out') else ''}); "
+             f"class's of their domain ({rows[0].space or 'raw'} space"
+             f"{', leaving each example out of its own prototype' if rows[0].leave_one_out else ''}); "
              "Embeddings that carry no class information give about 1 / (number of classes), somewhat more "
              "when the example is part of its own prototype.", "",
              "| seed | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
     for r in rows:
-        fr = r["own_prototype_fraction"]
-        lines.append(f"| {r['seed']} | " + " | ".join("–" if fr.get(d) is None else _pct(fr[d]) for d in domains)
+        fr = r.own_prototype_fraction
+        lines.append(f"| {r.seed} | " + " | ".join("–" if fr.get(d) is None else _pct(fr[d]) for d in domains)
                      + " |")
     return lines + [""]
 
 
-def noise_lines(study: dict) -> list[str]:
+def noise_lines(study) -> list[str]:
     """The label-noise positive control: typicality AUROC and MFT − no-typicality with its 95 % t-interval."""
-    rows = study.get("label_noise") or []
+    rows = study.label_noise
     if not rows:
         return []
     mean_auroc = sum(r["auroc"] for r in rows) / len(rows)
@@ -176,11 +135,11 @@ def noise_lines(study: dict) -> list[str]:
     return lines + _noise_effect(study)
 
 
-def _noise_effect(study: dict) -> list[str]:
+def _noise_effect(study) -> list[str]:
     acc: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
-    for u in study["units"]:
-        acc[(u["variant"], u["domain"])][u["seed"]] = u["test_accuracy"]
-    domains = list(dict.fromkeys(u["domain"] for u in study["units"]))
+    for u in study.units:
+        acc[(u.variant, u.domain)][u.seed] = u.test_accuracy
+    domains = list(dict.fromkeys(u.domain for u in study.units))
     lines = ["MFT − no-typicality under this noise (test accuracy points; mean paired difference over seeds "
              "with its 95 % t-interval):", "", "| domain | Δ | 95 % interval | seeds |", "|---|---|---|---|"]
     overall: dict[int, list[float]] = defaultdict(list)
@@ -205,21 +164,7 @@ def _effect_row(name: str, diffs: list[float]) -> str:
     return f"| {name} | {mean * 100:+.2f} | {interval} | {len(diffs)} |"
 
 
-def report_lines(study: dict) -> list[str]:
-    """Every mechanism-check section the study has data for (report.md)."""
+def report_lines(study) -> list[str]:
+    """Every mechanism-check section the study (``StudyResults``) has data for (report.md)."""
     return probe_lines(study) + typicality_lines(study) + noise_lines(study)
 
-
-def study_checks(run: Path, model: str, crosses: dict[int, Path], snapshots: dict[int, dict[str, str]],
-                 layers: tuple[int, ...] = (), force: bool = False) -> tuple[list[dict], list[dict]]:
-    """The study's domain-probe rows (one per seed and meta-learner variant) and label-noise rows (one per
-    seed, only for noisy folders); probes are cached in ``RUN/seed-<s>/domain_probe.json``."""
-    probe_rows, noise_rows = [], []
-    for seed, cross in crosses.items():
-        path = run / f"seed-{seed}" / PROBE_FILE
-        probes = seed_probes(cross, model, snapshots.get(seed, {}), path, seed, layers, force)
-        probe_rows += [{"seed": seed, "variant": v, "before": probes["before"], "after": probes["after"][v],
-                        "path": str(path.relative_to(run))} for v in snapshots.get(seed, {})]
-        if (check := noise_check(cross)) is not None:
-            noise_rows.append({"seed": seed, **check})
-    return probe_rows, noise_rows

@@ -87,3 +87,20 @@ def flipped_mask(folder: str | Path) -> tuple[list[str], np.ndarray]:
     mask = np.zeros(len(uids), dtype=bool)
     mask[[f["index"] for f in record["flipped"]]] = True
     return uids, mask
+
+
+def noise_check(cross: Path) -> dict | None:
+    """AUROC of the typicality scores at ranking the flipped examples of a noisy folder low (clean ones high)."""
+    from .prototypes import auroc
+    from .typicality import load_scores
+
+    record = noise_record(cross)
+    if record is None or not record["n_flipped"]:
+        return None
+    _, flipped = flipped_mask(cross)
+    scores = load_scores(cross, read_mft_tsv(cross / "train.tsv"))
+    clean = [s for s, f in zip(scores, flipped) if not f]
+    noisy = [s for s, f in zip(scores, flipped) if f]
+    return {"fraction": record["fraction"], "n": record["n"], "n_flipped": record["n_flipped"],
+            "auroc": auroc(scores, ~flipped), "mean_score_clean": sum(clean) / len(clean),
+            "mean_score_flipped": sum(noisy) / len(noisy)}

@@ -16,9 +16,11 @@ import numpy as np
 import torch
 
 from .features import Collator, encode
+from .fileio import read_json, write_json
 from .pooling import masked_mean
 
 PROBE_FOLDS = 5
+PROBE_FILE = "domain_probe.json"  # a study's probes of one seed: RUN/seed-<s>/domain_probe.json
 
 
 def stratified_folds(labels: Sequence, folds: int, seed: int) -> np.ndarray:
@@ -122,6 +124,10 @@ def domain_probe(examples, encoder, tokenizer, layers: Sequence[int], seed: int 
             "chance": float(counts.max() / counts.sum()), "n": len(examples), "folds": PROBE_FOLDS}
 
 
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _probe_layers(num_layers: int, layers: Sequence[int] | None) -> tuple[int, ...]:
     from .modeling import default_domain_layers
 
@@ -133,9 +139,8 @@ def domain_probe_for_model(model: str, dev_file: str | Path, layers: Sequence[in
     """The domain probe of a pre-trained encoder (hub id, folder or alias) on a cross-domain dev file."""
     from .corpora import read_mft_tsv
     from .hub import load_encoder, load_tokenizer
-    from .typicality import select_device
 
-    encoder = load_encoder(model).to(select_device())
+    encoder = load_encoder(model).to(_device())
     layers = _probe_layers(encoder.config.num_hidden_layers, layers)
     return domain_probe(read_mft_tsv(dev_file), encoder, load_tokenizer(model), layers, seed)
 
@@ -147,11 +152,25 @@ def domain_probe_for_folder(meta_folder: str | Path, dev_file: str | Path, layer
     from .corpora import read_mft_tsv
     from .hub import load_tokenizer
     from .modeling import MetaLearner
-    from .typicality import select_device
-
     learner = MetaLearner.load(meta_folder)
-    encoder = learner.classifier.base_model.to(select_device())
+    encoder = learner.classifier.base_model.to(_device())
     if learner.domain_head is not None and not layers:
         layers = learner.domain_head.layers
     layers = _probe_layers(encoder.config.num_hidden_layers, layers)
     return domain_probe(read_mft_tsv(dev_file), encoder, load_tokenizer(str(meta_folder)), layers, seed)
+
+
+def seed_probes(cross: Path, model: str, snapshots: dict[str, str], out: Path, seed: int,
+                layers: tuple[int, ...] = (), force: bool = False) -> dict:
+    """Domain probes of one seed, cached in ``out``: ``before`` (the pre-trained ``model``) and ``after``
+    (each meta-learner variant's best folder in ``snapshots``); variants already in the file are kept."""
+    saved = None if force else read_json(out)
+    probes = saved if saved and saved.get("layers_setting") == list(layers) else {"after": {}}
+    probes["layers_setting"] = list(layers)
+    if "before" not in probes:
+        probes["before"] = domain_probe_for_model(model, cross / "dev.tsv", layers or None, seed)
+    for variant, folder in snapshots.items():
+        if variant not in probes["after"]:
+            probes["after"][variant] = domain_probe_for_folder(folder, cross / "dev.tsv", layers or None, seed)
+    write_json(out, probes)
+    return probes

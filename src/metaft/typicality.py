@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import MetaConfig, TypicalityConfig
+from .config import MetaConfig, TypicalityConfig, TypicalitySettings
 from .corpora import read_mft_tsv
 from .errors import DataError, MetaftError
 from .features import Collator, encode
@@ -47,6 +47,7 @@ from .records import Example
 
 logger = logging.getLogger(__name__)
 
+_DEFAULTS = TypicalitySettings()  # the declared defaults, for callers of the functions below
 HEADER = "uid\tdomain\tlabel\tscore"
 
 
@@ -93,8 +94,8 @@ def embed_encoded(
     ids: Sequence[np.ndarray],
     type_ids: Sequence[np.ndarray] | None,
     model,
-    pooling: str = "mean",
-    batch_size: int = 64,
+    pooling: str = _DEFAULTS.pooling,
+    batch_size: int = _DEFAULTS.batch_size,
     pad_id: int = 0,
     pad_to: int | None = None,
 ) -> np.ndarray:
@@ -130,10 +131,10 @@ def embed_examples(
     examples: Sequence[Example],
     model,
     tokenizer,
-    pooling: str = "mean",
-    max_length: int = 128,
-    batch_size: int = 64,
-    use_cache: bool = True,
+    pooling: str = _DEFAULTS.pooling,
+    max_length: int = _DEFAULTS.max_length,
+    batch_size: int = _DEFAULTS.batch_size,
+    use_cache: bool = _DEFAULTS.use_cache,
     pad_to: int | None = None,
 ) -> np.ndarray:
     """Tokenise (cached, :func:`metaft.features.encode`) and embed examples -> [N, H] float32."""
