@@ -263,7 +263,8 @@ def _meta_finetune(cfg: MetaConfig) -> Path:
 
 # ----------------------------------------------------------------------------------------------- stage 3
 
-def _domain_splits(cfg: FinetuneConfig, data_dir: Path) -> dict[str, list[Example]]:
+def domain_splits(cfg: FinetuneConfig, data_dir: Path) -> dict[str, list[Example]]:
+    """The train / dev / test examples of the run's domain (limits applied); test only if test.tsv exists."""
     flags = {"train": ("train_limit", "--train-limit/--train_example_num"),
              "dev": ("dev_limit", "--dev-limit/--dev_example_num"),
              "test": ("test_limit", "--test-limit/--eval_example_num")}
@@ -294,7 +295,7 @@ def _domain_splits(cfg: FinetuneConfig, data_dir: Path) -> dict[str, list[Exampl
     return out
 
 
-def _test(best_dir: Path, test_set: EncodedDataset, cfg: FinetuneConfig, labels: list[str]) -> dict:
+def evaluate_checkpoint(best_dir: Path, test_set: EncodedDataset, cfg: FinetuneConfig, labels: list[str]) -> dict:
     """Evaluate the saved best checkpoint (loaded back from its folder) on the test set."""
     from transformers import AutoModelForSequenceClassification
 
@@ -321,7 +322,7 @@ def _finetune(cfg: FinetuneConfig) -> dict:
         logger.info("%s is finished already", run_dir)
         return json.loads((run_dir / RESULTS).read_text(encoding="utf-8"))
     data_dir = Path(cfg.data_dir)
-    splits = _domain_splits(cfg, data_dir)
+    splits = domain_splits(cfg, data_dir)
     labels = label_set(data_dir, splits["train"], {k: v for k, v in splits.items() if k != "train"})
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     with seeded(cfg.seed):
@@ -340,7 +341,7 @@ def _finetune(cfg: FinetuneConfig) -> dict:
     loop_task = LoopTask(model, sets["train"], sets["dev"], labels, ce_loss, hf_logits, save_fn)
     result = train(loop_task, cfg, run_dir, resume=status == "resume")
     t0 = time.monotonic()
-    test = _test(result.best_dir, sets["test"], cfg, labels) if "test" in sets else None
+    test = evaluate_checkpoint(result.best_dir, sets["test"], cfg, labels) if "test" in sets else None
     eval_s = time.monotonic() - t0
     results = {
         "task": cfg.task_name or task_name_for(data_dir), "domain": splits["train"][0].domain,
