@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ft_config, write_task
 
+from helpers import ft_config, write_task
 from metaft.errors import ConfigError
 from metaft.packed import bank_capacity, finetune_packed, plan_banks
 from metaft.stages import finetune
 
 SEEDS = (3, 4, 5, 6)
+COMMON = dict(dropout=0.0, mixed_precision="no", epochs=9, eval_every=6)  # 54 steps of 8 examples
 
 
 def train_losses(run: Path) -> dict[int, float]:
@@ -49,10 +50,9 @@ def four_tasks(tmp_path_factory) -> list[Path]:
 @pytest.fixture(scope="module")
 def lone_and_banked(no_dropout_model, four_tasks, tmp_path_factory):
     root = tmp_path_factory.mktemp("equiv")
-    common = dict(dropout=0.0, mixed_precision="no", epochs=9, eval_every=6)
-    lone = [finetune(ft_config(d, no_dropout_model, root / f"lone{i}", seed=s, **common))
+    lone = [finetune(ft_config(d, no_dropout_model, root / f"lone{i}", seed=s, **COMMON))
             for i, (d, s) in enumerate(zip(four_tasks, SEEDS))]
-    cfgs = [ft_config(d, no_dropout_model, root / f"bank{i}", seed=s, **common)
+    cfgs = [ft_config(d, no_dropout_model, root / f"bank{i}", seed=s, **COMMON)
             for i, (d, s) in enumerate(zip(four_tasks, SEEDS))]
     banked = finetune_packed(cfgs, pack=4)
     return root, lone, banked
@@ -97,8 +97,8 @@ def test_banked_run_folders_are_the_one_run_path_s(lone_and_banked):
 
 def test_finished_runs_are_kept_and_a_rerun_changes_nothing(lone_and_banked, no_dropout_model, four_tasks):
     root, _, banked = lone_and_banked
-    cfgs = [ft_config(d, no_dropout_model, root / f"bank{i}", seed=s, dropout=0.0, mixed_precision="no", epochs=9, eval_every=6,
-                      resume=True) for i, (d, s) in enumerate(zip(four_tasks, SEEDS))]
+    cfgs = [ft_config(d, no_dropout_model, root / f"bank{i}", seed=s, resume=True, **COMMON)
+            for i, (d, s) in enumerate(zip(four_tasks, SEEDS))]
     before = (root / "bank1" / "metrics.jsonl").read_text()
     assert finetune_packed(cfgs, pack=4) == banked
     assert (root / "bank1" / "metrics.jsonl").read_text() == before
@@ -134,3 +134,56 @@ def test_bank_capacity_from_memory_and_pack():
         bank_capacity(params, cpu, memory=1000)
     with pytest.raises(ConfigError, match="pack must be"):
         bank_capacity(params, cpu, pack=0)
+
+
+# ---------------------------------------------------------------------------------------------- stage 2
+
+VARIANTS = {"mft": dict(typicality=True, domain_loss="corrupt"), "no-typicality": dict(typicality=False),
+            "no-domain-loss": dict(domain_loss="none"), "multitask": dict(typicality=False, domain_loss="none"),
+            "grl": dict(domain_loss="grl")}
+
+
+@pytest.fixture(scope="module")
+def meta_lone_and_banked(no_dropout_model, tmp_path_factory):
+    """Every meta-stage variant (different seeds) alone and all five in one bank, dropout 0."""
+    from metaft.cli import main
+    from metaft.config import MetaConfig
+    from metaft.packed_meta import meta_finetune_packed
+    from metaft.stages import meta_finetune
+
+    root = tmp_path_factory.mktemp("meta-equiv")
+    cross = write_task(root / "k-shot-cross" / "toy" / "8-1", n_train=72, n_dev=36, n_test=0,
+                       domains=("book", "movie", "product"))
+    assert main(["-q", "preprocess", str(cross), "--model", str(no_dropout_model)]) == 0
+
+    def cfg(tag, i, variant):
+        return MetaConfig(data_dir=str(cross), model=str(no_dropout_model), out=str(root / f"{tag}-{variant}"),
+                          epochs=6, batch_size=8, eval_batch_size=32, learning_rate=1e-3, eval_every=9, seed=i + 1,
+                          dropout=0.0, mixed_precision="no", **VARIANTS[variant])
+
+    lone = [meta_finetune(cfg("lone", i, v)) for i, v in enumerate(VARIANTS)]
+    banked = meta_finetune_packed([cfg("bank", i, v) for i, v in enumerate(VARIANTS)], pack=5)
+    return root, lone, banked
+
+
+def test_banked_meta_runs_follow_their_lone_runs(meta_lone_and_banked):
+    from safetensors.torch import load_file
+
+    root, lone, banked = meta_lone_and_banked
+    for variant, a, b in zip(VARIANTS, lone, banked):
+        la, lb = root / f"lone-{variant}", root / f"bank-{variant}"
+        rows = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (la, lb)]
+        train = [{r["step"]: r for r in rs if r["kind"] == "train"} for rs in rows]
+        assert train[0].keys() == train[1].keys() and len(train[0]) >= 50
+        for part in ("loss_total", "loss_cls", "loss_domain"):
+            worst = max(abs(train[0][s][part] - train[1][s][part]) for s in range(1, 51))
+            assert worst < 1e-4, f"{variant}: {part} off by {worst} within the first 50 steps"
+        ra, rb = (json.loads((d / "meta_results.json").read_text()) for d in (la, lb))
+        assert ra.keys() == rb.keys() and ra["best_step"] == rb["best_step"]
+        assert abs(ra["best_dev_accuracy"] - rb["best_dev_accuracy"]) <= 0.03  # one dev example of 36
+        assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+        assert (a / "metaft_meta.json").read_text() == (b / "metaft_meta.json").read_text()
+        if (a / "domain_head.safetensors").is_file():
+            assert load_file(str(a / "domain_head.safetensors")).keys() == load_file(
+                str(b / "domain_head.safetensors")).keys()
+    assert not (banked[2] / "domain_head.safetensors").exists()  # no-domain-loss: no head, as alone

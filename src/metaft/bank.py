@@ -23,9 +23,11 @@ has no vmap batching rule on CPU (it would loop over the runs) and HF's mask hel
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,6 +67,7 @@ class Member:
     labels: list[str]
     load_model: Callable[[], nn.Module]  # the run's initial model, exactly as the one-run path builds it
     save_fn: Callable[[nn.Module, Path], None]  # writes the run's best checkpoint folder
+    best_name: Callable[[float], str] = lambda accuracy: "best"  # folder name of the best checkpoint
     best: dict = field(default_factory=lambda: {"accuracy": -1.0, "step": 0, "name": None, "dev": {}})
     history: list[dict] = field(default_factory=list)
 
@@ -86,7 +89,7 @@ class Bank:
         self.acc = make_accelerator(cfg.mixed_precision)
         self.device = device or self.acc.device
         self.template, self.configs, self.params = self._stack()
-        self.template.set_attn_implementation("eager")
+        self.hf_model(self.template).set_attn_implementation("eager")
         self.buffers = {k: v.to(self.device) for k, v in self.template.named_buffers()}
         n = len(members[0].train_set)
         self.steps_per_epoch = math.ceil(n / cfg.batch_size)
@@ -104,19 +107,29 @@ class Bank:
         self.forward = vmap(self._run_loss, randomness="different")
         self.step = 0
 
-    # -- building
+    # -- building (overridden by banks of other model kinds)
+    def make_template(self, model: nn.Module) -> nn.Module:
+        """The module whose structure every run's parameters fill (its own weights are never used)."""
+        return model
+
+    @staticmethod
+    def hf_model(model: nn.Module) -> nn.Module:
+        """The Hugging Face model inside ``model`` (its config, its attention implementation)."""
+        return model
+
     def _stack(self) -> tuple[nn.Module, list, dict[str, torch.Tensor]]:
-        """Load the runs' models one at a time into preallocated [R, ...] tensors (peak: R + 1 models)."""
+        """Load the runs' models one at a time into preallocated [R, ...] tensors (peak: R + 1 models). A
+        parameter of the template that a run's model lacks (e.g. a domain embedding) is zero for that run."""
         template, configs, stacked = None, [], {}
         for r, member in enumerate(self.members):
             model = member.load_model()
-            configs.append(copy.deepcopy(model.config))
+            configs.append(copy.deepcopy(self.hf_model(model).config))
             named = dict(model.named_parameters())
             if template is None:
-                template = model
-                stacked = {k: torch.empty((self.size, *p.shape), dtype=p.dtype, device=self.device)
-                           for k, p in named.items()}
-            elif named.keys() != stacked.keys() or any(named[k].shape != stacked[k].shape[1:] for k in named):
+                template = self.make_template(model)
+                stacked = {k: torch.zeros((self.size, *p.shape), dtype=p.dtype, device=self.device)
+                           for k, p in template.named_parameters()}
+            if any(k not in stacked or p.shape != stacked[k].shape[1:] for k, p in named.items()):
                 raise ConfigError(f"{member.run_dir}: its model does not have the architecture of "
                                   f"{self.members[0].run_dir}'s; such runs cannot share a bank")
             with torch.no_grad():
@@ -131,6 +144,7 @@ class Bank:
 
     # -- one step
     def _run_loss(self, params: dict, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
+        """One run's loss (vmapped over the runs)."""
         logits = functional_call(self.template, (params, self.buffers), (), inputs).logits
         return weighted_cross_entropy(logits, labels)
 
@@ -144,28 +158,40 @@ class Bank:
             self._perms[r] = (epoch, perm)
         return step_batch(self._perms[r][1], pos, self.cfg.batch_size)
 
-    def batch(self, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """The step's inputs of every run, [R, B, ...], padded to one width; the mask is additive [R, B, 1, 1, T]."""
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        """The step's batch of every run stacked, [R, B, ...], token tensors padded to one width."""
         batches = [self.collators[r]([m.train_set[i] for i in self._indices(r, step)])
                    for r, m in enumerate(self.members)]
         width = max(b["input_ids"].shape[1] for b in batches)
-        pads = {"input_ids": [m.train_set.pad_id for m in self.members], "attention_mask": 0, "token_type_ids": 0}
-        inputs = {}
-        for key in MODEL_INPUT_KEYS:
-            if key in batches[0]:
-                fill = pads[key] if isinstance(pads[key], list) else [pads[key]] * self.size
-                inputs[key] = torch.stack([nn.functional.pad(b[key], (0, width - b[key].shape[1]), value=v)
-                                           for b, v in zip(batches, fill)]).to(self.device)
-        keep = inputs.pop("attention_mask").bool()[:, :, None, None, :]
-        inputs["attention_mask"] = torch.zeros(keep.shape, device=self.device).masked_fill_(
+        out = {}
+        for key in batches[0]:
+            if batches[0][key].dim() == 2:  # [B, T]: pad ids with each run's pad id, mask and types with 0
+                fill = [m.train_set.pad_id if key == "input_ids" else 0 for m in self.members]
+                out[key] = torch.stack([nn.functional.pad(b[key], (0, width - b[key].shape[1]), value=v)
+                                        for b, v in zip(batches, fill)])
+            else:
+                out[key] = torch.stack([b[key] for b in batches])
+        return {k: v.to(self.device) for k, v in out.items()}
+
+    @staticmethod
+    def model_inputs(stacked: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The HF model's inputs with the padding mask made additive, [R, B, 1, 1, T]."""
+        inputs = {k: stacked[k] for k in MODEL_INPUT_KEYS if k in stacked}
+        keep = inputs["attention_mask"].bool()[:, :, None, None, :]
+        inputs["attention_mask"] = torch.zeros(keep.shape, device=keep.device).masked_fill_(
             ~keep, torch.finfo(torch.float32).min)
-        return inputs, torch.stack([b["labels"] for b in batches]).to(self.device)
+        return inputs
+
+    def losses(self, stacked: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each run's loss parts, [R] each, with ``total`` the one to minimise (stage 3: cross-entropy)."""
+        loss = self.forward(self.params, self.model_inputs(stacked), stacked["labels"])
+        return {"cls": loss, "total": loss}
 
     def train_step(self) -> list[dict[str, float]]:
         """One optimiser step of every run; returns each run's logged values (lr, grad_norm, losses)."""
-        inputs, labels = self.batch(self.step)
         with self.acc.autocast():
-            losses = self.forward(self.params, inputs, labels)  # [R]
+            parts = self.losses(self.batch(self.step))
+        losses = parts["total"]
         finite = torch.isfinite(losses.detach())
         if not bool(finite.all()):
             bad = int((~finite).nonzero()[0])
@@ -178,10 +204,12 @@ class Bank:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        values = losses.detach().cpu().tolist()
-        norm_list = norms.cpu().tolist() if norms is not None else [None] * self.size
-        return [{"lr": lr, **({"grad_norm": g} if g is not None else {}), "loss_cls": v, "loss_total": v}
-                for v, g in zip(values, norm_list)]
+        values = {k: v.detach().float().cpu().tolist() for k, v in parts.items()}
+        logged = [{"lr": lr, **{f"loss_{k}": v[r] for k, v in values.items()}} for r in range(self.size)]
+        if norms is not None:
+            for record, norm in zip(logged, norms.cpu().tolist()):
+                record["grad_norm"] = norm
+        return logged
 
     def clip(self) -> torch.Tensor:
         """Per-run ``clip_grad_norm_``: run r's gradients scaled by min(1, max_norm / (its norm + 1e-6)).
@@ -202,31 +230,41 @@ class Bank:
     def evaluate(self, r: int, loader) -> dict:
         """Classification metrics of run r (its current weights) on ``loader``."""
         params = self.run_params(r)
+        return evaluate(self.template, loader, lambda model, batch: self.eval_logits(model, params, batch), self.acc,
+                        self.members[r].labels)
 
-        def logits_fn(model, batch):
-            inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
-            return functional_call(model, (params, self.buffers), (), inputs).logits
+    def eval_logits(self, model: nn.Module, params: dict, batch: dict) -> torch.Tensor:
+        """Class logits [B, C] of one run (``params``) for an evaluation batch."""
+        inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+        return functional_call(model, (params, self.buffers), (), inputs).logits
 
-        return evaluate(self.template, loader, logits_fn, self.acc, self.members[r].labels)
-
-    def save(self, r: int, folder: Path) -> None:
-        """Write run r's weights with run r's own config (labels, attention implementation) as its folder."""
-        template_config = self.template.config
+    @contextlib.contextmanager
+    def as_run(self, r: int):
+        """The template holding run r's weights and run r's own config (labels, attention implementation)."""
+        hf = self.hf_model(self.template)
+        template_config = hf.config
         with torch.no_grad():
             for k, p in self.template.named_parameters():
                 p.copy_(self.params[k][r])
-        self.template.config = self.configs[r]
+        hf.config = self.configs[r]
         try:
-            self.members[r].save_fn(self.template, folder)
+            yield self.template
         finally:
-            self.template.config = template_config
+            hf.config = template_config
+
+    def save(self, r: int, folder: Path) -> None:
+        with self.as_run(r) as model:
+            self.members[r].save_fn(model, folder)
 
     def evaluate_and_checkpoint(self, elapsed_s: float) -> None:
         for r, member in enumerate(self.members):
             dev = self.evaluate(r, self.dev_loaders[r])
             if dev["accuracy"] > member.best["accuracy"]:  # ties keep the earlier checkpoint
-                save_atomic(lambda d, r=r: self.save(r, d), member.run_dir / "best")
-                member.best = {"accuracy": dev["accuracy"], "step": self.step, "name": "best",
+                name, previous = member.best_name(dev["accuracy"]), member.best["name"]
+                save_atomic(lambda d, r=r: self.save(r, d), member.run_dir / name)
+                if previous and previous != name:
+                    shutil.rmtree(member.run_dir / previous, ignore_errors=True)
+                member.best = {"accuracy": dev["accuracy"], "step": self.step, "name": name,
                                "dev": {k: dev[k] for k in ("accuracy", "macro_f1", "n")}}
             record = {"kind": "dev", "step": self.step, "epoch": self.step / self.steps_per_epoch,
                       "dev_accuracy": dev["accuracy"], "dev_macro_f1": dev["macro_f1"], "dev_n": dev["n"],
@@ -238,13 +276,12 @@ class Bank:
                     ", ".join(f"{m.best['accuracy']:.4f}" for m in self.members))
 
     # -- the loop
-    def train(self, max_steps: int | None = None) -> float:
-        """Train every run to its end (or ``max_steps``), evaluating and checkpointing as the one-run loop
-        does; returns the wall time in seconds."""
+    def train(self) -> float:
+        """Train every run to its end, evaluating and checkpointing as the one-run loop does; returns the wall
+        time in seconds."""
         t0 = time.monotonic()
         every = self.cfg.eval_every or self.steps_per_epoch
-        end = self.total_steps if max_steps is None else min(self.total_steps, max_steps)
-        while self.step < end:
+        while self.step < self.total_steps:
             logged = self.train_step()
             elapsed = time.monotonic() - t0
             for member, values in zip(self.members, logged):

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -121,8 +121,11 @@ def plan_banks(keys: Sequence[str], capacities: dict[str, int]) -> list[list[int
     return banks
 
 
-class _Prepared:
-    """A pending run: its data read and encoded, its model not loaded yet."""
+class PreparedRun:
+    """A pending stage-3 run: its data read and encoded, its model not loaded yet."""
+
+    bank_class = Bank
+    results_file = RESULTS
 
     def __init__(self, cfg: FinetuneConfig):
         self.cfg, self.run_dir, self.data_dir = cfg, Path(cfg.out), Path(cfg.data_dir)
@@ -151,6 +154,10 @@ class _Prepared:
         return Member(self.cfg, self.run_dir, self.sets["train"], self.sets["dev"], self.labels,
                       self.load_model, self.save)
 
+    def stale(self, member: Member) -> list[Path]:
+        """Folders to remove when the run is finished (none for stage 3)."""
+        return []
+
     def results(self, member: Member, total_steps: int, train_s: float, started: float) -> dict:
         """The one-run path's results.json (same keys), with the best checkpoint tested from its folder."""
         cfg, best_dir = self.cfg, self.run_dir / member.best["name"]
@@ -171,14 +178,14 @@ class _Prepared:
         }
 
 
-def train_bank(runs: list[_Prepared], started: float | None = None) -> list[dict]:
-    """Train ``runs`` (one bank key) together; write and return each run's results."""
+def train_bank(runs: list, started: float | None = None) -> list[dict]:
+    """Train ``runs`` (prepared runs of one bank key) together; write and return each run's results."""
     started = time.monotonic() if started is None else started
     for run in runs:
         start_run(run.run_dir, run.cfg, "new")  # an unfinished earlier run there is started over
     members = [run.member() for run in runs]
     with seeded(derive_seed("bank", *(str(run.run_dir) for run in runs))):  # the runs' dropout streams
-        bank = Bank(members)
+        bank = runs[0].bank_class(members)
         logger.info("bank of %d runs x %d steps (%.1f M parameters each)", bank.size, bank.total_steps,
                     bank.parameter_count() / 1e6)
         train_s = bank.train()
@@ -187,7 +194,7 @@ def train_bank(runs: list[_Prepared], started: float | None = None) -> list[dict
     out = []
     for run, member in zip(runs, members):
         results = run.results(member, total_steps, train_s, started)
-        finish_run(run.run_dir, RESULTS, results)
+        finish_run(run.run_dir, run.results_file, results, run.stale(member))
         out.append(results)
     return out
 
@@ -197,12 +204,18 @@ def finetune_packed(cfgs: Sequence[FinetuneConfig], pack: int | None = None) -> 
     in the order of ``cfgs``. ``pack``: runs per bank at most (1 = one at a time, the one-run path; None =
     as many as fit in memory, see :func:`bank_capacity`). Finished runs are skipped as the one-run path skips
     them (with ``resume``)."""
+    return run_packed(cfgs, pack, PreparedRun, finetune)
+
+
+def run_packed(cfgs: Sequence, pack: int | None, prepared: type, one_run: Callable) -> list[dict]:
+    """Lock every run folder, skip finished runs, prepare the others (``prepared(cfg)``), train them in banks;
+    each run's results in the order of ``cfgs``. ``pack == 1``: ``one_run(cfg)`` for each instead."""
     outs = [str(Path(c.out).resolve()) for c in cfgs]
     if len(set(outs)) != len(outs):
         dup = next(o for o in outs if outs.count(o) > 1)
         raise ConfigError(f"{dup}: two runs write to this folder; give every run its own out")
     if pack == 1:
-        return [finetune(cfg) for cfg in cfgs]
+        return [one_run(cfg) for cfg in cfgs]
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("packed training runs in one process: drop accelerate launch / torchrun, or pack 1")
     started = time.monotonic()
@@ -210,12 +223,12 @@ def finetune_packed(cfgs: Sequence[FinetuneConfig], pack: int | None = None) -> 
     with contextlib.ExitStack() as locks:
         for cfg in cfgs:
             locks.enter_context(run_lock(cfg.out))
-        pending: list[tuple[int, _Prepared]] = []
+        pending = []
         for i, cfg in enumerate(cfgs):
-            if open_run(Path(cfg.out), cfg, RESULTS) == "done":
-                results[i] = json.loads((Path(cfg.out) / RESULTS).read_text(encoding="utf-8"))
+            if open_run(Path(cfg.out), cfg, prepared.results_file) == "done":
+                results[i] = json.loads((Path(cfg.out) / prepared.results_file).read_text(encoding="utf-8"))
             else:
-                pending.append((i, _Prepared(cfg)))
+                pending.append((i, prepared(cfg)))
         if not pending:
             return [results[i] for i in range(len(cfgs))]
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
