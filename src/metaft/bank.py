@@ -37,21 +37,15 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from .checkpoints import append_metrics
+from .devices import make_accelerator
 from .errors import ConfigError, MetaftError
-from .features import Collator, EncodedDataset
+from .evaluation import evaluate
+from .features import Collator, EncodedDataset, eval_loader
+from .fileio import save_atomic
 from .losses import weighted_cross_entropy
-from .modeling import MODEL_INPUT_KEYS, save_atomic
-from .training import (
-    append_metrics,
-    build_scheduler,
-    epoch_permutation,
-    eval_loader,
-    evaluate,
-    group_by_length,
-    make_accelerator,
-    planned_steps,
-    step_batch,
-)
+from .modeling import MODEL_INPUT_KEYS
+from .training import build_scheduler, epoch_permutation, group_by_length, planned_steps, step_batch
 
 logger = logging.getLogger(__name__)
 

@@ -28,17 +28,9 @@ from .features import EncodedDataset
 from .hub import load_tokenizer, resolve_model, usable_max_length
 from .locking import run_lock
 from .modeling import load_classifier
-from .stages import (
-    RESULTS,
-    domain_splits,
-    evaluate_checkpoint,
-    finetune,
-    finish_run,
-    label_set,
-    open_run,
-    start_run,
-    task_name_for,
-)
+from .prepared import domain_splits, label_set, task_name_for
+from .runs import finish_run, open_run, start_run
+from .stages import RESULTS, evaluate_checkpoint, finetune
 from .training import derive_seed, keep_freed_memory, seeded
 
 logger = logging.getLogger(__name__)

@@ -25,21 +25,16 @@ from torch.func import functional_call, vmap
 
 from .bank import Bank, Member
 from .config import MetaConfig
-from .features import EncodedDataset, masked_mean
+from .features import EncodedDataset
 from .hub import load_tokenizer, usable_max_length
 from .losses import corrupted_domain_targets, grl_coefficient, weighted_cross_entropy
 from .modeling import MODEL_INPUT_KEYS, DomainHead, MetaLearner, default_domain_layers
 from .packed import bank_key, model_config, run_packed
-from .stages import (
-    META_RESULTS,
-    SNAPSHOT_PREFIX,
-    label_set,
-    meta_finetune,
-    read_split,
-    task_name_for,
-    typicality_weights,
-)
+from .pooling import masked_mean
+from .prepared import label_set, read_split, task_name_for
+from .stages import META_RESULTS, SNAPSHOT_PREFIX, meta_finetune
 from .training import seeded, step_generator
+from .typicality import typicality_weights
 
 CLS = "classifier."
 META_PER_RUN = ("domain_loss", "domain_weight", "typicality", "typicality_norm")
