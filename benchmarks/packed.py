@@ -20,6 +20,7 @@ and grouped (matmuls, embedding gradient, AdamW, copies/fills, the rest).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -232,19 +233,25 @@ def equivalence(args) -> None:
     dropout at 0, fp32, 64 steps of batch 2; per-step training-loss differences, dev steps, test accuracy."""
     import shutil
 
+    import torch
+
     from metaft.hub import resolve_model
     from metaft.packed import finetune_packed
     from metaft.stages import finetune
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = {"machine": machine("cpu"), "runs": []}
-    with tempfile.TemporaryDirectory(prefix="packed-equiv-") as tmp:
-        work = Path(tmp)
-        single = prepare_data(work, seeds=(42, 13))
-        model = work / "minilm-nodrop"
-        shutil.copytree(resolve_model(args.model), model)
-        config = json.loads((model / "config.json").read_text())
-        config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-        (model / "config.json").write_text(json.dumps(config))
+    with contextlib.ExitStack() as stack:  # --work: a folder kept (finished runs there are reused)
+        work = Path(args.work or stack.enter_context(tempfile.TemporaryDirectory(prefix="packed-equiv-")))
+        single, model = work / "data" / "k-shot-single", work / "minilm-nodrop"
+        if not single.is_dir():
+            prepare_data(work, seeds=(42, 13))
+        if not model.is_dir():
+            shutil.copytree(resolve_model(args.model), model)
+            config = json.loads((model / "config.json").read_text())
+            config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+            (model / "config.json").write_text(json.dumps(config))
         units = [("SST-2", 42), ("MR", 42), ("CR", 42), ("SST-2", 13)]
         settings = {**SETTINGS, "epochs": 4, "eval_every": 16, "test_limit": 500, "dropout": 0.0,
                     "mixed_precision": "no"}
@@ -254,7 +261,7 @@ def equivalence(args) -> None:
             from metaft.config import FinetuneConfig
 
             return FinetuneConfig(data_dir=str(single / domain / f"16-{seed}"), model=str(model),
-                                  out=str(work / tag / str(i)), seed=seed, **settings)
+                                  out=str(work / tag / str(i)), seed=seed, resume=True, **settings)
 
         lone = [finetune(cfg("lone", i, d, s)) for i, (d, s) in enumerate(units)]
         banked = finetune_packed([cfg("bank", i, d, s) for i, (d, s) in enumerate(units)], pack=4)

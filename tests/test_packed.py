@@ -138,14 +138,14 @@ def test_bank_capacity_from_memory_and_pack():
 
 # ---------------------------------------------------------------------------------------------- stage 2
 
-VARIANTS = {"mft": dict(typicality=True, domain_loss="corrupt"), "no-typicality": dict(typicality=False),
-            "no-domain-loss": dict(domain_loss="none"), "multitask": dict(typicality=False, domain_loss="none"),
-            "grl": dict(domain_loss="grl")}
+# every loss term on and off: corrupt + typicality weights, GRL + weights, no domain loss and no weights
+VARIANTS = {"mft": dict(typicality=True, domain_loss="corrupt"), "grl": dict(domain_loss="grl"),
+            "multitask": dict(typicality=False, domain_loss="none")}
 
 
 @pytest.fixture(scope="module")
 def meta_lone_and_banked(no_dropout_model, tmp_path_factory):
-    """Every meta-stage variant (different seeds) alone and all five in one bank, dropout 0."""
+    """Three meta-stage variants (different seeds) alone and together in one bank, dropout 0; 36 steps."""
     from metaft.cli import main
     from metaft.config import MetaConfig
     from metaft.packed_meta import meta_finetune_packed
@@ -158,11 +158,11 @@ def meta_lone_and_banked(no_dropout_model, tmp_path_factory):
 
     def cfg(tag, i, variant):
         return MetaConfig(data_dir=str(cross), model=str(no_dropout_model), out=str(root / f"{tag}-{variant}"),
-                          epochs=6, batch_size=8, eval_batch_size=32, learning_rate=1e-3, eval_every=9, seed=i + 1,
+                          epochs=4, batch_size=8, eval_batch_size=32, learning_rate=1e-3, eval_every=9, seed=i + 1,
                           dropout=0.0, mixed_precision="no", **VARIANTS[variant])
 
     lone = [meta_finetune(cfg("lone", i, v)) for i, v in enumerate(VARIANTS)]
-    banked = meta_finetune_packed([cfg("bank", i, v) for i, v in enumerate(VARIANTS)], pack=5)
+    banked = meta_finetune_packed([cfg("bank", i, v) for i, v in enumerate(VARIANTS)], pack=3)
     return root, lone, banked
 
 
@@ -174,10 +174,10 @@ def test_banked_meta_runs_follow_their_lone_runs(meta_lone_and_banked):
         la, lb = root / f"lone-{variant}", root / f"bank-{variant}"
         rows = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (la, lb)]
         train = [{r["step"]: r for r in rs if r["kind"] == "train"} for rs in rows]
-        assert train[0].keys() == train[1].keys() and len(train[0]) >= 50
+        assert train[0].keys() == train[1].keys() and len(train[0]) == 36
         for part in ("loss_total", "loss_cls", "loss_domain"):
-            worst = max(abs(train[0][s][part] - train[1][s][part]) for s in range(1, 51))
-            assert worst < 1e-4, f"{variant}: {part} off by {worst} within the first 50 steps"
+            worst = max(abs(train[0][s][part] - train[1][s][part]) for s in train[0])
+            assert worst < 1e-4, f"{variant}: {part} off by {worst}"
         ra, rb = (json.loads((d / "meta_results.json").read_text()) for d in (la, lb))
         assert ra.keys() == rb.keys() and ra["best_step"] == rb["best_step"]
         assert abs(ra["best_dev_accuracy"] - rb["best_dev_accuracy"]) <= 0.03  # one dev example of 36
@@ -186,4 +186,4 @@ def test_banked_meta_runs_follow_their_lone_runs(meta_lone_and_banked):
         if (a / "domain_head.safetensors").is_file():
             assert load_file(str(a / "domain_head.safetensors")).keys() == load_file(
                 str(b / "domain_head.safetensors")).keys()
-    assert not (banked[2] / "domain_head.safetensors").exists()  # no-domain-loss: no head, as alone
+    assert not (banked[2] / "domain_head.safetensors").exists()  # multitask: no domain head, as alone
