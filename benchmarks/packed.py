@@ -94,7 +94,7 @@ def unit_configs(work: Path, model: str, count: int, steps: int, tag: str, **ext
     configs = []
     for i in range(count):
         domain = DOMAINS[i % len(DOMAINS)]
-        settings = {**SETTINGS, "epochs": steps / 16, "eval_every": 10**6, **extra}
+        settings = {**SETTINGS, "epochs": steps / 16, "eval_every": 10**6, "force": True, **extra}  # repeats
         configs.append(FinetuneConfig(data_dir=str(work / "data" / "k-shot-single" / domain / "16-42"),
                                       model=model, out=str(work / "runs" / tag / f"u{i}"), seed=42 + i,
                                       **settings))
