@@ -270,10 +270,10 @@ def equivalence(args) -> None:
             diffs = [abs(la[s] - lb[s]) for s in range(1, 51)]
             out["runs"].append({"domain": domain, "split_seed": seed, "max_abs_loss_diff_first_50": max(diffs),
                                 "max_abs_loss_diff_all": max(abs(la[s] - lb[s]) for s in la),
-                                "best_step": [a["best_step"], b["best_step"]],
-                                "best_dev_accuracy": [a["best_dev_accuracy"], b["best_dev_accuracy"]],
-                                "test_accuracy": [a["test_accuracy"], b["test_accuracy"]],
-                                "test_n": a["test"]["n"]})
+                                "best_step": [a.best_step, b.best_step],
+                                "best_dev_accuracy": [a.best_dev_accuracy, b.best_dev_accuracy],
+                                "test_accuracy": [a.test_accuracy, b.test_accuracy],
+                                "test_n": a.test["n"]})
             write(args.out, out)
             print(json.dumps(out["runs"][-1]), flush=True)
 

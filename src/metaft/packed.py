@@ -29,8 +29,9 @@ from .hub import load_tokenizer, resolve_model, usable_max_length
 from .locking import run_lock
 from .modeling import load_classifier
 from .prepared import domain_splits, label_set, task_name_for
+from .results import RESULTS, FinetuneResult, read_finetune_result
 from .runs import finish_run, open_run, start_run
-from .stages import RESULTS, evaluate_checkpoint, finetune
+from .stages import evaluate_checkpoint, finetune
 from .training import derive_seed, keep_freed_memory, seeded
 
 logger = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ class PreparedRun:
 
     bank_class = Bank
     results_file = RESULTS
+    read_result = staticmethod(read_finetune_result)
 
     def __init__(self, cfg: FinetuneConfig):
         self.cfg, self.run_dir, self.data_dir = cfg, Path(cfg.out), Path(cfg.data_dir)
@@ -150,27 +152,25 @@ class PreparedRun:
         """Folders to remove when the run is finished (none for stage 3)."""
         return []
 
-    def results(self, member: Member, total_steps: int, train_s: float, started: float) -> dict:
-        """The one-run path's results.json (same keys), with the best checkpoint tested from its folder."""
+    def results(self, member: Member, total_steps: int, train_s: float, started: float) -> FinetuneResult:
+        """The one-run path's results, with the best checkpoint tested from its folder."""
         cfg, best_dir = self.cfg, self.run_dir / member.best["name"]
         t0 = time.monotonic()
         test = evaluate_checkpoint(best_dir, self.sets["test"], cfg, self.labels) if "test" in self.sets else None
         eval_s = time.monotonic() - t0
-        return {
-            "task": cfg.task_name or task_name_for(self.data_dir), "domain": self.splits["train"][0].domain,
-            "model": cfg.model, "head": cfg.head, "seed": cfg.seed,
-            "test_accuracy": test["accuracy"] if test else None,
-            "test_macro_f1": test["macro_f1"] if test else None, "test": test,
-            "best_dev_accuracy": member.best["accuracy"], "best_dev_macro_f1": member.best["dev"]["macro_f1"],
-            "best_step": member.best["step"], "total_steps": total_steps, "best_model": str(best_dir),
-            "labels": self.labels, "num_examples": {k: len(v) for k, v in self.splits.items()},
-            "timings": {"train_s": round(train_s, 3), "eval_s": round(eval_s, 3),
-                        "total_s": round(time.monotonic() - started, 3)},
-            "resumed_from": None, "dev_history": member.history, "config": cfg.to_dict(),
-        }
+        return FinetuneResult(
+            task=cfg.task_name or task_name_for(self.data_dir), domain=self.splits["train"][0].domain,
+            model=cfg.model, head=cfg.head, seed=cfg.seed, test_accuracy=test["accuracy"] if test else None,
+            test_macro_f1=test["macro_f1"] if test else None, test=test, best_dev_accuracy=member.best["accuracy"],
+            best_dev_macro_f1=member.best["dev"]["macro_f1"], best_step=member.best["step"],
+            total_steps=total_steps, best_model=str(best_dir), labels=self.labels,
+            num_examples={k: len(v) for k, v in self.splits.items()},
+            timings={"train_s": round(train_s, 3), "eval_s": round(eval_s, 3),
+                     "total_s": round(time.monotonic() - started, 3)},
+            resumed_from=None, dev_history=member.history, config=cfg.to_dict())
 
 
-def train_bank(runs: list, started: float | None = None) -> list[dict]:
+def train_bank(runs: list, started: float | None = None) -> list:
     """Train ``runs`` (prepared runs of one bank key) together; write and return each run's results."""
     started = time.monotonic() if started is None else started
     for run in runs:
@@ -191,7 +191,7 @@ def train_bank(runs: list, started: float | None = None) -> list[dict]:
     return out
 
 
-def finetune_packed(cfgs: Sequence[FinetuneConfig], pack: int | None = None) -> list[dict]:
+def finetune_packed(cfgs: Sequence[FinetuneConfig], pack: int | None = None) -> list[FinetuneResult]:
     """Stage 3 for every config, banked; returns each run's results (as :func:`metaft.stages.finetune` does),
     in the order of ``cfgs``. ``pack``: runs per bank at most (1 = one at a time, the one-run path; None =
     as many as fit in memory, see :func:`bank_capacity`). Finished runs are skipped as the one-run path skips
@@ -199,7 +199,7 @@ def finetune_packed(cfgs: Sequence[FinetuneConfig], pack: int | None = None) -> 
     return run_packed(cfgs, pack, PreparedRun, finetune)
 
 
-def run_packed(cfgs: Sequence, pack: int | None, prepared: type, one_run: Callable) -> list[dict]:
+def run_packed(cfgs: Sequence, pack: int | None, prepared: type, one_run: Callable) -> list:
     """Lock every run folder, skip finished runs, prepare the others (``prepared(cfg)``), train them in banks;
     each run's results in the order of ``cfgs``. ``pack == 1``: ``one_run(cfg)`` for each instead."""
     outs = [str(Path(c.out).resolve()) for c in cfgs]
@@ -211,14 +211,14 @@ def run_packed(cfgs: Sequence, pack: int | None, prepared: type, one_run: Callab
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("packed training runs in one process: drop accelerate launch / torchrun, or pack 1")
     started = time.monotonic()
-    results: dict[int, dict] = {}
+    results: dict[int, object] = {}
     with contextlib.ExitStack() as locks:
         for cfg in cfgs:
             locks.enter_context(run_lock(cfg.out))
         pending = []
         for i, cfg in enumerate(cfgs):
             if open_run(Path(cfg.out), cfg, prepared.results_file) == "done":
-                results[i] = json.loads((Path(cfg.out) / prepared.results_file).read_text(encoding="utf-8"))
+                results[i] = prepared.read_result(Path(cfg.out) / prepared.results_file)
             else:
                 pending.append((i, prepared(cfg)))
         if not pending:

@@ -32,7 +32,8 @@ from .modeling import MODEL_INPUT_KEYS, DomainHead, MetaLearner, default_domain_
 from .packed import bank_key, model_config, run_packed
 from .pooling import masked_mean
 from .prepared import label_set, read_split, task_name_for
-from .stages import META_RESULTS, SNAPSHOT_PREFIX, meta_finetune
+from .results import META_RESULTS, MetaResult, read_meta_result
+from .stages import SNAPSHOT_PREFIX, meta_finetune
 from .training import seeded, step_generator
 from .typicality import typicality_weights
 
@@ -122,6 +123,7 @@ class PreparedMetaRun:
 
     bank_class = MetaBank
     results_file = META_RESULTS
+    read_result = staticmethod(read_meta_result)
 
     def __init__(self, cfg: MetaConfig):
         self.cfg, self.run_dir, self.data_dir = cfg, Path(cfg.out), Path(cfg.data_dir)
@@ -159,17 +161,16 @@ class PreparedMetaRun:
         """Snapshots a killed earlier run left behind."""
         return [p for p in self.run_dir.glob(f"{SNAPSHOT_PREFIX}*") if p.name != member.best["name"]]
 
-    def results(self, member: Member, total_steps: int, train_s: float, started: float) -> dict:
-        """The one-run path's meta_results.json (same keys)."""
+    def results(self, member: Member, total_steps: int, train_s: float, started: float) -> MetaResult:
+        """The one-run path's meta results."""
         cfg, best_dir = self.cfg, self.run_dir / member.best["name"]
-        return {
-            "task": self.task, "best_dev_accuracy": member.best["accuracy"],
-            "best_dev_macro_f1": member.best["dev"]["macro_f1"], "best_step": member.best["step"],
-            "total_steps": total_steps, "best_model": str(best_dir), "best_model_name": best_dir.name,
-            "wall_time_s": round(time.monotonic() - started, 3), "resumed_from": None, "labels": self.labels,
-            "domains": self.domains, "num_examples": {"train": len(self.train_ex), "dev": len(self.dev_ex)},
-            "model": cfg.model, "seed": cfg.seed, "dev_history": member.history, "config": cfg.to_dict(),
-        }
+        return MetaResult(
+            task=self.task, best_dev_accuracy=member.best["accuracy"],
+            best_dev_macro_f1=member.best["dev"]["macro_f1"], best_step=member.best["step"],
+            total_steps=total_steps, best_model=str(best_dir), best_model_name=best_dir.name,
+            wall_time_s=round(time.monotonic() - started, 3), resumed_from=None, labels=self.labels,
+            domains=self.domains, num_examples={"train": len(self.train_ex), "dev": len(self.dev_ex)},
+            model=cfg.model, seed=cfg.seed, dev_history=member.history, config=cfg.to_dict())
 
 
 def meta_finetune_packed(cfgs: Sequence[MetaConfig], pack: int | None = None) -> list[Path]:
@@ -178,4 +179,4 @@ def meta_finetune_packed(cfgs: Sequence[MetaConfig], pack: int | None = None) ->
     if pack == 1:
         return [meta_finetune(cfg) for cfg in cfgs]
     results = run_packed(cfgs, pack, PreparedMetaRun, meta_finetune)
-    return [Path(cfg.out) / r["best_model_name"] for cfg, r in zip(cfgs, results)]
+    return [Path(cfg.out) / r.best_model_name for cfg, r in zip(cfgs, results)]
