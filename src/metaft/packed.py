@@ -42,8 +42,8 @@ PER_RUN_SETTINGS = ("data_dir", "model", "out", "seed", "head", "domain", "task_
 ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "max_position_embeddings", "type_vocab_size", "hidden_dropout_prob",
                      "attention_probs_dropout_prob")
-CPU_MAX_PACK = 8  # the default cap on CPU, where the gain levels off (benchmarks/packed.py)
-GPU_MAX_PACK = 64
+CPU_MAX_PACK = 8  # on CPU packing measured slower than one run at a time (benchmarks/packed.py): a memory bound
+GPU_MAX_PACK = 64  # not measured yet (benchmarks/gpu_session.sh)
 
 
 def model_config(source: str, trust_remote_code: bool = False):
