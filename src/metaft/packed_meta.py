@@ -176,7 +176,7 @@ class PreparedMetaRun:
 def meta_finetune_packed(cfgs: Sequence[MetaConfig], pack: int | None = None) -> list[Path]:
     """Stage 2 for every config, banked (variants with different loss terms share a bank); returns each run's
     best meta-learner folder, as :func:`metaft.stages.meta_finetune` does, in the order of ``cfgs``."""
-    if pack == 1:
-        return [meta_finetune(cfg) for cfg in cfgs]
+    if pack == 1 or any(cfg.corruption != "permute" or not cfg.domain_embedding for cfg in cfgs):
+        return [meta_finetune(cfg) for cfg in cfgs]  # banks implement the reference corruption and head only
     results = run_packed(cfgs, pack, PreparedMetaRun, meta_finetune)
     return [Path(cfg.out) / r.best_model_name for cfg, r in zip(cfgs, results)]
