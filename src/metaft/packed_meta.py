@@ -115,7 +115,8 @@ class MetaBank(Bank):
                                   use_embedding=kind == "corrupt")
                 own = head.state_dict()
                 head.load_state_dict({k: v for k, v in template.domain_head.state_dict().items() if k in own})
-            self.members[r].save_fn(MetaLearner(template.classifier, self.domains, head, kind), folder)
+            corruption = self.members[r].cfg.corruption if kind == "corrupt" else None  # recorded like a lone run
+            self.members[r].save_fn(MetaLearner(template.classifier, self.domains, head, kind, corruption), folder)
 
 
 class PreparedMetaRun:
