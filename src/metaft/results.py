@@ -171,6 +171,13 @@ _RECORDS = {"typicality": TypicalityRecord, "meta": MetaRecord, "units": UnitRec
 def write_study(path: str | Path, study: StudyResults) -> None:
     data = dataclasses.asdict(study)
     del data["note"]
+    for key in ("domain_probe", "label_noise"):  # mechanism checks: absent, as before, when there are none
+        if not data[key]:
+            del data[key]
+    for record in data["typicality"]:
+        for key in ("space", "leave_one_out", "own_prototype_fraction"):
+            if record[key] is None:
+                del record[key]
     write_json(path, data)
 
 
