@@ -93,6 +93,7 @@ class PrepareConfig(_Config):
     k: int | None = 16  # None = full pool
     seeds: tuple[int, ...] = STANDARD_SEEDS
     dev_fraction: float = 0.1  # only with k=None
+    force: bool = False  # overwrite prepared folders that hold splits of other data
 
     def __post_init__(self):
         object.__setattr__(self, "k", parse_k(self.k))  # a config file may say k: full

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import ConfigError, OutputError
+from .errors import ConfigError, DataError, OutputError
 from .features import masked_mean
 from .hub import from_pretrained, resolve_model
 from .losses import grad_reverse
@@ -140,21 +140,31 @@ class MetaLearner(nn.Module):
         """Load a saved meta-learner (classifier + domain head) from its folder."""
         folder = Path(folder)
         recover_folder(folder)
-        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+        try:
+            meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+            layers, domains, domain_loss = meta["layers"], list(meta["domains"]), str(meta["domain_loss"])
+        except Exception as exc:  # missing, not JSON, not the expected object
+            raise DataError(folder / META_FILE, f"not a readable meta-learner description ({exc!r})") from None
         classifier = _load_sequence_classifier(str(folder), folder_labels(folder), None, trust_remote_code)
         head = None
-        if meta["layers"] is not None:
-            head = DomainHead(len(meta["domains"]), classifier.config.hidden_size, tuple(meta["layers"]),
-                              use_embedding=meta["domain_loss"] == "corrupt")
-            head.load_state_dict(load_file(str(folder / DOMAIN_HEAD_FILE)))
-        return cls(classifier, meta["domains"], head, meta["domain_loss"])
+        if layers is not None:
+            try:
+                head = DomainHead(len(domains), classifier.config.hidden_size, tuple(layers),
+                                  use_embedding=domain_loss == "corrupt")
+                head.load_state_dict(load_file(str(folder / DOMAIN_HEAD_FILE)))
+            except Exception as exc:  # SafetensorError, missing or mismatched tensors
+                raise DataError(folder / DOMAIN_HEAD_FILE, f"damaged domain head ({exc!r:.200})") from None
+        return cls(classifier, domains, head, domain_loss)
 
 
 def folder_labels(folder: str | Path) -> list[str]:
     """The label strings of a saved classifier, in id order."""
-    config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
-    id2label = config.get("id2label") or {}
-    return [id2label[k] for k in sorted(id2label, key=int)]
+    path = Path(folder) / "config.json"
+    try:
+        id2label = json.loads(path.read_text(encoding="utf-8")).get("id2label") or {}
+        return [str(id2label[k]) for k in sorted(id2label, key=int)]
+    except Exception as exc:  # unreadable, not JSON, keys that are not numbers
+        raise DataError(path, f"no readable id2label ({exc!r:.200})") from None
 
 
 def _load_sequence_classifier(source: str, labels: list[str], dropout: float | None, trust_remote_code: bool,
@@ -167,10 +177,22 @@ def _load_sequence_classifier(source: str, labels: list[str], dropout: float | N
     if dropout is not None:
         kwargs["classifier_dropout"] = dropout
     try:
-        return from_pretrained(AutoModelForSequenceClassification, path, trust_remote_code,
-                               ignore_mismatched_sizes=ignore_mismatched_sizes, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{source}: cannot load model ({exc})") from None
+        model = from_pretrained(AutoModelForSequenceClassification, path, trust_remote_code,
+                                ignore_mismatched_sizes=ignore_mismatched_sizes, **kwargs)
+    except DataError:
+        raise
+    except Exception as exc:  # damaged weights or config raise whatever their parser raises
+        raise ConfigError(f"{source}: cannot load model ({' '.join(str(exc).split())[:300]})") from None
+    if bad := non_finite_parameters(model):  # a run from it would stop at a NaN loss, blaming the learning rate
+        raise DataError(source, f"{len(bad)} weight tensor(s) hold NaN / inf (e.g. {bad[0]}): the model is "
+                                "damaged or its training diverged")
+    return model
+
+
+def non_finite_parameters(model: nn.Module) -> list[str]:
+    """Names of the parameters holding NaN or inf."""
+    with torch.no_grad():
+        return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
 
 
 def classification_head(model: nn.Module) -> list[nn.Module]:

@@ -23,6 +23,7 @@ from .errors import ConfigError, DataError
 from .features import EncodedDataset
 from .fileio import write_json
 from .hub import from_pretrained, load_tokenizer, usable_max_length
+from .inputs import check_inputs, record_inputs, stage_inputs
 from .locking import LOCK_FILE, run_lock
 from .losses import grl_coefficient, mft_loss, weighted_cross_entropy
 from .modeling import MODEL_INPUT_KEYS, MetaLearner, load_classifier, recover_folder
@@ -31,6 +32,7 @@ from .training import (
     METRICS_FILE,
     STATE_DIR,
     LoopTask,
+    NonFiniteError,
     eval_loader,
     evaluate,
     make_accelerator,
@@ -148,6 +150,7 @@ def open_run(run_dir: Path, cfg, done_file: str) -> str:
         hint = "--force to overwrite it" if finished else "--resume to continue it or --force to start over"
         raise ConfigError(f"{run_dir}: holds {what}; pass {hint} (or choose another output folder)")
     _check_same_config(run_dir, cfg)
+    check_inputs(run_dir, stage_inputs(cfg))
     return "done" if finished else "resume"
 
 
@@ -166,6 +169,7 @@ def start_run(run_dir: Path, cfg, status: str) -> None:
                     shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / CONFIG_FILE)
+        record_inputs(run_dir, stage_inputs(cfg))
         (run_dir / METRICS_FILE).touch()
     state.wait_for_everyone()
 
@@ -299,11 +303,17 @@ def _test(best_dir: Path, test_set: EncodedDataset, cfg: FinetuneConfig, labels:
     from transformers import AutoModelForSequenceClassification
 
     recover_folder(best_dir)
-    model = from_pretrained(AutoModelForSequenceClassification, best_dir, cfg.trust_remote_code)
+    try:
+        model = from_pretrained(AutoModelForSequenceClassification, best_dir, cfg.trust_remote_code)
+    except (OSError, ValueError, RuntimeError) as exc:  # a damaged file is a DataError already
+        raise ConfigError(f"{best_dir}: cannot load the best checkpoint ({exc})") from None
     accelerator = make_accelerator(cfg.mixed_precision)
     model = accelerator.prepare_model(model, evaluation_mode=True)  # no DDP wrapper: inference only
     loader = eval_loader(test_set, cfg.eval_batch_size, accelerator, cfg.pad_to_multiple_of, cfg.pad_to_length)
-    return evaluate(model, loader, hf_logits, accelerator, labels)
+    try:
+        return evaluate(model, loader, hf_logits, accelerator, labels)
+    except NonFiniteError as exc:
+        raise NonFiniteError(f"{best_dir}: {exc}") from None
 
 
 def finetune(cfg: FinetuneConfig) -> dict:

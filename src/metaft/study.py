@@ -41,6 +41,7 @@ from .config import (
 from .errors import ConfigError
 from .fileio import write_json
 from .hub import DEFAULT_MODEL
+from .inputs import check_inputs, file_sha256, stage_inputs
 from .locking import run_lock
 from .report import BASELINE
 
@@ -124,7 +125,8 @@ def _prepare(cfg: StudyConfig, run: Path) -> tuple[str, list[str]]:
     from .splits import prepare
 
     folders = prepare(PrepareConfig(out=str(run / "data"), corpora=cfg.corpora, group=cfg.group,
-                                    domains=cfg.domains, input=cfg.input, k=cfg.k, seeds=cfg.seeds))
+                                    domains=cfg.domains, input=cfg.input, k=cfg.k, seeds=cfg.seeds,
+                                    force=cfg.force))
     cross = next(f for f in folders if f.parts[-3] == "k-shot-cross")
     manifest = json.loads((cross / "manifest.json").read_text(encoding="utf-8"))
     return cross.parts[-2], list(manifest["domains"])
@@ -134,6 +136,10 @@ def _typicality(cfg: StudyConfig, cross: Path) -> float:
     from .typicality import compute_typicality
 
     if (cross / "typicality.tsv").is_file() and (cross / "typicality.json").is_file() and not cfg.force:
+        recorded = (_read_json(cross / "typicality.json") or {}).get("train_sha256")
+        if recorded != file_sha256(cross / "train.tsv"):
+            raise ConfigError(f"{cross / 'typicality.tsv'}: computed from another train.tsv than the current one; "
+                              "the meta stages trained on it would be stale: pass --force to redo the study")
         return 0.0
     t0 = time.perf_counter()
     compute_typicality(TypicalityConfig(**{**cfg.typicality, "data_dir": str(cross), "model": cfg.model}))
@@ -201,9 +207,22 @@ def _plan(cfg: StudyConfig, run: Path, group: str, domains: list[str]) -> list[_
     return units
 
 
-def _finished(cfg: StudyConfig, unit: _Unit) -> dict | None:
-    """The results of a finished unit (None if it has none yet, or under ``force``)."""
-    return None if cfg.force else _read_json(unit.results_file)
+def _stage_config(cfg: StudyConfig, unit: _Unit, model: str, group: str) -> MetaConfig | FinetuneConfig:
+    """The stage settings of a unit (``model``: what a fine-tuning run starts from)."""
+    common = dict(data_dir=str(unit.data), out=str(unit.out), seed=unit.seed,
+                  resume=not cfg.force and unit.out.exists(), force=cfg.force)
+    if unit.domain is None:
+        return MetaConfig(**{**cfg.meta, **VARIANTS[unit.variant], "task_name": group}, model=cfg.model, **common)
+    return FinetuneConfig(**cfg.finetune, model=model, **common)
+
+
+def _finished(cfg: StudyConfig, unit: _Unit, model: str, group: str) -> dict | None:
+    """The results of a finished unit (None if it has none yet, or under ``force``); a unit trained on other
+    inputs (split files, typicality scores, start model) than the current ones is refused, never reused."""
+    results = None if cfg.force else _read_json(unit.results_file)
+    if results is not None:
+        check_inputs(unit.out, stage_inputs(_stage_config(cfg, unit, model, group)))
+    return results
 
 
 def _snapshot(meta_unit: _Unit, results: dict) -> str:
@@ -215,18 +234,16 @@ def _run_unit(cfg: StudyConfig, unit: _Unit, model: str, group: str) -> dict:
     """Run one unit unless it is finished (in this process or a worker); returns its results file's content."""
     from .stages import finetune, meta_finetune
 
-    done = _finished(cfg, unit)
+    done = _finished(cfg, unit, model, group)
     if done is not None:
         return done
-    common = dict(data_dir=str(unit.data), out=str(unit.out), seed=unit.seed,
-                  resume=not cfg.force and unit.out.exists(), force=cfg.force)
+    stage = _stage_config(cfg, unit, model, group)
     if unit.domain is None:
         logger.info("seed %s: meta-finetune %s", unit.seed, unit.variant)
-        settings = {**cfg.meta, **VARIANTS[unit.variant], "task_name": group}
-        meta_finetune(MetaConfig(**settings, model=cfg.model, **common))
+        meta_finetune(stage)
     else:
         logger.info("seed %s: finetune %s on %s", unit.seed, unit.variant, unit.domain)
-        finetune(FinetuneConfig(**cfg.finetune, model=model, **common))
+        finetune(stage)
     return _read_json(unit.results_file)
 
 
@@ -298,8 +315,9 @@ def _execute(cfg: StudyConfig, plan: list[_Unit], group: str, on_done) -> None:
 
     todo = []
     for unit in plan:
-        done = _finished(cfg, unit)
-        if done is not None and (unit.needs is None or unit.needs in snapshots):
+        ready = unit.needs is None or unit.needs in snapshots
+        done = _finished(cfg, unit, model_for(unit), group) if ready else None
+        if done is not None:
             finish(unit, done)
         else:
             todo.append(unit)

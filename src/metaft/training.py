@@ -30,9 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError, MetaftError, writing
+from .errors import ConfigError, DataError, MetaftError, writing
 from .features import Collator, EncodedDataset
-from .modeling import recover_folder, save_atomic
+from .modeling import non_finite_parameters, recover_folder, save_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -246,20 +246,34 @@ def eval_loader(dataset: EncodedDataset, batch_size: int, accelerator, pad_to_mu
     return accelerator.prepare(loader)
 
 
+class NonFiniteError(MetaftError):
+    """The model's weights or outputs hold NaN / inf: the run diverged."""
+
+
 def evaluate(model: nn.Module, loader, logits_fn: LogitsFn, accelerator, labels: list[str]) -> dict:
-    """Classification metrics of ``model`` on all examples of ``loader`` (no duplicates under DDP)."""
+    """Classification metrics of ``model`` on all examples of ``loader`` (no duplicates under DDP).
+
+    Non-finite logits (a diverged model) raise :class:`NonFiniteError`: an argmax over NaN means nothing.
+    """
     was_training = model.training
     model.eval()
-    preds, golds = [], []
+    preds, golds, bad = [], [], []
     with torch.inference_mode():
         for batch in loader:
             with accelerator.autocast():
                 logits = logits_fn(model, batch)  # [B, C]
-            p, y = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"]))
+            p, y, nf = accelerator.gather_for_metrics(
+                (logits.argmax(-1), batch["labels"], (~torch.isfinite(logits)).any(-1)))
             preds.append(p.cpu())
             golds.append(y.cpu())
+            bad.append(nf.cpu())
     model.train(was_training)
+    if (n_bad := int(torch.cat(bad).sum())) > 0:
+        raise NonFiniteError(f"the model gives non-finite logits (NaN / inf) for {n_bad} of "
+                             f"{sum(len(p) for p in preds)} evaluation examples: its weights are damaged or "
+                             "the run diverged (lower the learning rate)")
     return classification_metrics(torch.cat(preds), torch.cat(golds), labels)
+
 
 
 # ------------------------------------------------------------------------------------- processes, metrics
@@ -306,19 +320,39 @@ def save_state(folder: Path, model: nn.Module, optimizer, scheduler, info: dict)
     (folder / "trainer_state.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
 
+@contextlib.contextmanager
+def _state_file(path: Path) -> Iterator[None]:
+    """Any failure to read or apply one file of a saved training state (cut short, other bytes, other
+    contents) becomes one line naming the file."""
+    try:
+        yield
+    except Exception as exc:
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:160]
+        raise DataError(path, f"damaged training state ({detail}); pass --force to start the run over") from None
+
+
 def load_state(folder: Path, model: nn.Module, optimizer, scheduler) -> dict:
     """Restore :func:`save_state`'s files (no unpickling: ``weights_only=True``); returns the info dict."""
     from safetensors.torch import load_model
 
-    load_model(model, str(folder / "model.safetensors"), strict=True)
-    opt = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
-    optimizer.load_state_dict(opt["optimizer"])
-    scheduler.load_state_dict(opt["scheduler"])
-    rng = torch.load(folder / "rng.pt", weights_only=True, map_location="cpu")
-    torch.set_rng_state(rng["cpu"])
-    if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    with _state_file(folder / "trainer_state.json"):
+        info = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+        missing = [k for k in ("step", "total_steps", "best", "elapsed_s", "history", "num_processes")
+                   if k not in info] if isinstance(info, dict) else ["JSON object"]
+        if missing:
+            raise KeyError(f"no {', '.join(missing)}")
+    with _state_file(folder / "model.safetensors"):
+        load_model(model, str(folder / "model.safetensors"), strict=True)
+    with _state_file(folder / "optimizer.pt"):
+        opt = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
+        optimizer.load_state_dict(opt["optimizer"])
+        scheduler.load_state_dict(opt["scheduler"])
+    with _state_file(folder / "rng.pt"):
+        rng = torch.load(folder / "rng.pt", weights_only=True, map_location="cpu")
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    return info
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -415,8 +449,19 @@ class _Loop:
         self.optimizer.zero_grad(set_to_none=True)
         return {**logged, **{f"loss_{k}": float(v.detach()) for k, v in parts.items()}}
 
+    def _check_finite(self) -> None:
+        """A diverged model (NaN / inf weights: e.g. an infinite learning rate) must never become the best."""
+        if bad := non_finite_parameters(self.raw):
+            raise NonFiniteError(f"{self.run_dir}: {len(bad)} weight tensor(s) hold NaN / inf at step {self.step} "
+                                 f"(e.g. {bad[0]}): the run diverged; lower the learning rate (the last best "
+                                 "checkpoint is kept)")
+
     def _evaluate_and_checkpoint(self) -> dict:
-        dev = evaluate(self.eval_model, self.dev_loader, self.task.logits_fn, self.acc, self.task.labels)
+        self._check_finite()
+        try:
+            dev = evaluate(self.eval_model, self.dev_loader, self.task.logits_fn, self.acc, self.task.labels)
+        except NonFiniteError as exc:
+            raise NonFiniteError(f"{self.run_dir}: step {self.step}: {exc} (the last best checkpoint is kept)") from None
         if dev["accuracy"] > self.best["accuracy"]:  # ties keep the earlier checkpoint
             self._save_best(dev)
         record = {"kind": "dev", "step": self.step, "epoch": self.step / self.steps_per_epoch,

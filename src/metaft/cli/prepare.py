@@ -69,6 +69,7 @@ def register(subparsers) -> None:
         default=0.1,
         help="with --k full: share of each domain's pool used as dev (default: 0.1)",
     )
+    p.add_argument("--force", action="store_true", help="overwrite prepared folders holding other data")
     p.set_defaults(func=run)
 
 
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         k=args.k,
         seeds=tuple(args.seeds),
         dev_fraction=args.dev_fraction,
+        force=args.force,
     )
     folders = prepare(config)
     for folder in folders:
