@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from .prepare import k_argument
 
 
@@ -93,10 +91,10 @@ def run_main(args) -> int:
 
 
 def report_main(args) -> int:
-    from ..report import complete_seeds, console_table, only_seeds, summarise, write_report
+    from ..report import complete_seeds, console_table, load_study, only_seeds, summarise, write_report
 
     path = write_report(args.run_dir, complete_only=args.complete_seeds)
-    study = json.loads((Path(args.run_dir) / "study.json").read_text(encoding="utf-8"))
+    study = load_study(args.run_dir)
     if args.complete_seeds:
         study = only_seeds(study, complete_seeds(study))
     print(console_table(summarise(study)))
@@ -105,19 +103,10 @@ def report_main(args) -> int:
 
 
 def predict_main(args) -> int:
-    from ..predict import load_predictor, predict
+    from ..predict import load_predictor, predict, read_input_lines
 
-    if args.input == "-":
-        lines = sys.stdin.read().split("\n")
-    else:
-        try:
-            lines = Path(args.input).read_text(encoding="utf-8").split("\n")
-        except FileNotFoundError:
-            raise DataError(args.input, "file not found") from None
-        except UnicodeDecodeError as exc:
-            raise DataError(args.input, f"not valid UTF-8 (byte {exc.start})") from None
-    texts = [t.rstrip("\r") for t in lines if t.strip()]
+    lines = read_input_lines(args.input)
     model, tokenizer = load_predictor(args.model)
-    for rec in predict(texts, model, tokenizer, args.max_length, args.batch_size):
+    for rec in predict(lines, model, tokenizer, args.max_length, args.batch_size):
         print(json.dumps(rec, ensure_ascii=False))
     return 0
