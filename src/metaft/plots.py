@@ -80,6 +80,8 @@ def curves_plot(path: Path, run_dir: Path, study: dict) -> bool:
     for ax, records in ((ax_meta, study.get("meta", [])), (ax_ft, study["units"])):
         labelled = set()
         for rec in records:
+            if not isinstance(rec.get("path"), str):
+                continue
             steps, accs = read_dev_curve(run_dir / rec["path"] / "metrics.jsonl")
             if not steps:
                 continue

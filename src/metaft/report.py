@@ -208,6 +208,73 @@ def render(study: dict, summary: dict, plots: list[str]) -> str:
     return "\n".join(parts)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_records(path: Path, study: dict, key: str, fields: dict[str, type | tuple[type, ...]]) -> None:
+    """``study[key]`` (if present) must be a list of objects with ``fields`` of the given types."""
+    from .errors import DataError
+
+    records = study.get(key, [])
+    if not isinstance(records, list):
+        raise DataError(path, f"'{key}' must be a list, found {type(records).__name__}")
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise DataError(path, f"{key}[{i}] must be an object, found {type(rec).__name__}")
+        for name, kind in fields.items():
+            value = rec.get(name)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                found = "missing" if name not in rec else f"{type(value).__name__} {value!r:.40}"
+                raise DataError(path, f"{key}[{i}].{name}: expected {getattr(kind, '__name__', 'a number')}, "
+                                      f"found {found}")
+
+
+def check_study(path: Path, study: Any) -> dict:
+    """``study`` (read from ``path``) if it has what a report needs, else one DataError naming the problem.
+
+    An accuracy that is not a finite number in [0, 1] (e.g. NaN from a diverged run) is refused rather than
+    shown: a mean over it would be NaN, and the reading above the tables would be wrong."""
+    from .errors import DataError
+
+    if not isinstance(study, dict):
+        raise DataError(path, f"expected a JSON object, found {type(study).__name__}")
+    if not isinstance(study.get("config", {}), dict):
+        raise DataError(path, "'config' must be an object")
+    number = (int, float)
+    _check_records(path, study, "units", {"seed": int, "variant": str, "domain": str, "test_accuracy": number})
+    _check_records(path, study, "meta", {"seed": int, "variant": str, "dev_accuracy": number})
+    _check_records(path, study, "typicality", {"seed": int, "path": str})
+    _check_records(path, study, "pca", {"seed": int, "path": str})
+    for key, field in (("units", "test_accuracy"), ("meta", "dev_accuracy")):
+        for i, rec in enumerate(study.get(key, [])):
+            value = rec[field]
+            if not math.isfinite(value) or not 0 <= value <= 1:
+                raise DataError(path, f"{key}[{i}] (seed {rec['seed']}, {rec['variant']}"
+                                      f"{', ' + rec['domain'] if 'domain' in rec else ''}): {field} {value} is not "
+                                      "an accuracy (a finite number in [0, 1]); redo that unit (metaft run --force)")
+            for name in ("test_n", "wall_time_s"):
+                if name in rec and (not _is_number(rec[name]) or not math.isfinite(rec[name]) or rec[name] < 0):
+                    raise DataError(path, f"{key}[{i}].{name}: expected a number >= 0, found {rec[name]!r:.40}")
+    return study
+
+
+def load_study(run_dir: str | Path) -> dict:
+    """A study folder's ``study.json``, checked (:func:`check_study`); errors name the file."""
+    from .errors import DataError
+
+    path = Path(run_dir) / "study.json"
+    try:
+        study = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(path, "no study.json here: run `metaft run` first") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(path, f"cannot read it ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"not valid JSON ({exc.msg})", exc.lineno) from None
+    return check_study(path, study)
+
+
 def write_report(run_dir: str | Path, complete_only: bool = False) -> Path:
     """Rebuild ``report.md`` and the plots of a study folder from its ``study.json``; ``complete_only``: only
     the seeds whose every unit has finished (an interim report of a study still running)."""
@@ -216,12 +283,7 @@ def write_report(run_dir: str | Path, complete_only: bool = False) -> Path:
 
     run_dir = Path(run_dir)
     path = run_dir / "study.json"
-    try:
-        study = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(path, "no study.json here: run `metaft run` first") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(path, f"not valid JSON ({exc.msg})", exc.lineno) from None
+    study = load_study(run_dir)
     if complete_only:
         seeds, planned = complete_seeds(study), study.get("config", {}).get("seeds", [])
         left_out = len(study["units"]) - len(only_seeds(study, seeds)["units"])
