@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from .errors import ConfigError
-from .fileio import write_json
+from .fileio import sha256_file, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -28,11 +28,7 @@ def file_sha256(path: str | Path) -> str:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        _CACHE[key] = h.hexdigest()
+        _CACHE[key] = sha256_file(path)
     return _CACHE[key]
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from .corpora import Example
 from .errors import ConfigError, DataError, MetaftError
 from .features import Collator, encode
 from .hub import from_pretrained, load_tokenizer, resolve_model
+from .records import Example
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def _check_classifier(folder: Path, model_dir: str | Path) -> None:
 def load_predictor(model_dir: str | Path, trust_remote_code: bool = False):
     from transformers import AutoModelForSequenceClassification
 
-    from .modeling import recover_folder
+    from .fileio import recover_folder
 
     path = resolve_model(model_dir)
     if Path(path).is_dir():

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from metaft.cli import main
-from metaft.corpora import read_amazon_reviews, read_jsonl, read_mft_tsv, read_user_rows
+from metaft.corpora import read_jsonl, read_mft_tsv, read_user_rows
+from metaft.readers import read_amazon_reviews
 
 CONTROL = re.compile(rb"[\x00-\x08\x0e-\x1b\x7f]|\xc2[\x80-\x84\x86-\x9f]")  # as UTF-8 bytes
 

@@ -247,8 +247,9 @@ def test_fuzzed_model_files_load_or_give_one_line_naming_the_file(data, tiny_mod
 @FUZZ
 @given(data=st.data(), name=st.sampled_from(["optimizer.pt", "rng.pt", "model.safetensors"]))
 def test_fuzzed_state_files_load_or_give_one_line_naming_the_file(data, name, interrupted, tiny_model_dir, tmp_path):
+    from metaft.checkpoints import load_state
     from metaft.modeling import load_classifier
-    from metaft.training import build_optimizer, build_scheduler, load_state
+    from metaft.training import build_optimizer, build_scheduler
 
     _, source = interrupted
     original = (source / "state" / name).read_bytes()
