@@ -134,7 +134,7 @@ def test_a_truncated_meta_snapshot_in_a_study_is_named_from_a_worker(tiny_model_
 
 @pytest.fixture(scope="module")
 def interrupted(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
-    """A fine-tuning run stopped at step 13 with the training state of step 10 saved."""
+    """A fine-tuning run (18 steps) stopped at step 13 with the training state of step 10 saved."""
     import metaft.training as training
 
     root = tmp_path_factory.mktemp("interrupted")
@@ -151,7 +151,7 @@ def interrupted(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
     mp.setattr(training._Loop, "_train_step", stop)
     try:
         with pytest.raises(MetaftError, match="stopped"):
-            finetune(ft_config(task, tiny_model_dir, out))
+            finetune(ft_config(task, tiny_model_dir, out, epochs=3))
     finally:
         mp.undo()
     assert json.loads((out / "state" / "trainer_state.json").read_text())["step"] == 10
@@ -188,7 +188,7 @@ def test_resume_names_a_damaged_state_file(interrupted, tiny_model_dir, tmp_path
     shutil.copytree(source, run)
     how(run / "state" / name)
     with pytest.raises(DataError) as info:
-        finetune(ft_config(task, tiny_model_dir, run, resume=True))
+        finetune(ft_config(task, tiny_model_dir, run, epochs=3, resume=True))
     message = str(info.value)
     assert message.startswith(f"{run}/state/{name}: damaged training state (") and "\n" not in message
     assert message.endswith("pass --force to start the run over")
@@ -198,7 +198,7 @@ def test_resume_from_an_intact_state_still_works(interrupted, tiny_model_dir, tm
     task, source = interrupted
     run = tmp_path / "run"
     shutil.copytree(source, run)
-    results = finetune(ft_config(task, tiny_model_dir, run, resume=True))
+    results = finetune(ft_config(task, tiny_model_dir, run, epochs=3, resume=True))
     assert results["resumed_from"] == 10
 
 
@@ -261,6 +261,6 @@ def test_fuzzed_state_files_load_or_give_one_line_naming_the_file(data, name, in
     model = load_classifier(str(tiny_model_dir), ["neg", "neu", "pos"])
     optimizer = build_optimizer(model, 1e-3, 0.01)
     try:
-        load_state(folder, model, optimizer, build_scheduler(optimizer, 60, 0.1))
+        load_state(folder, model, optimizer, build_scheduler(optimizer, 18, 0.1))
     except DataError as exc:
         assert str(exc).startswith(f"{folder}/{name}: damaged training state (") and "\n" not in str(exc)

@@ -183,36 +183,6 @@ def input_study(tiny_model_dir, tmp_path_factory):
     return cfg, source
 
 
-def test_a_study_rerun_after_an_input_change_is_refused_then_redone_with_force(input_study, capsys):
-    cfg, source = input_study
-    run = Path(cfg.out)
-    original = source.read_text()
-    study_json = (run / "study.json").read_bytes()
-    try:
-        write(source, flip_labels(user_lines(), "film"))
-        argv = ["run", "--config", str(run / "config.json")]  # the very same settings
-        err = error_line(capsys, argv)
-        assert "holds splits of other data" in err and "mine.tsv" in err and "--force" in err
-        assert (run / "study.json").read_bytes() == study_json
-        shutil.rmtree(run / "seed-1" / "finetune" / "baseline" / "book")  # one unit gone: still no mixing
-        err = error_line(capsys, argv)
-        assert "holds splits of other data" in err
-        assert (run / "study.json").read_bytes() == study_json
-        assert not (run / "seed-1" / "finetune" / "baseline" / "book").exists()
-
-        redone = run_study(cfg.replace(force=True))
-        for unit in redone["units"] + redone["meta"]:  # every unit trained on the new splits
-            folder = run / unit["path"]
-            data = Path(json.loads((folder / "config.json").read_text())["data_dir"])
-            assert json.loads((folder / INPUTS_FILE).read_text())["train.tsv"] == file_sha256(data / "train.tsv")
-        film = run / "data" / "k-shot-single" / "film" / "4-1" / "train.tsv"
-        assert "\tfilm\t" in film.read_text()
-        assert len(redone["units"]) == 4
-    finally:
-        source.write_text(original)
-        run_study(cfg.replace(force=True))
-
-
 def test_a_study_refuses_a_finished_meta_stage_whose_typicality_scores_changed(input_study):
     cfg, _ = input_study
     run = Path(cfg.out)
@@ -241,3 +211,32 @@ def test_a_study_refuses_typicality_scores_of_another_train_file(input_study):
             run_study(cfg)
     finally:
         summary.write_text(original)
+
+
+def test_a_study_rerun_after_an_input_change_is_refused_then_redone_with_force(input_study, capsys):
+    cfg, source = input_study
+    run = Path(cfg.out)
+    original = source.read_text()
+    study_json = (run / "study.json").read_bytes()
+    try:
+        write(source, flip_labels(user_lines(), "film"))
+        argv = ["run", "--config", str(run / "config.json")]  # the very same settings
+        err = error_line(capsys, argv)
+        assert "holds splits of other data" in err and "mine.tsv" in err and "--force" in err
+        assert (run / "study.json").read_bytes() == study_json
+        shutil.rmtree(run / "seed-1" / "finetune" / "baseline" / "book")  # one unit gone: still no mixing
+        err = error_line(capsys, argv)
+        assert "holds splits of other data" in err
+        assert (run / "study.json").read_bytes() == study_json
+        assert not (run / "seed-1" / "finetune" / "baseline" / "book").exists()
+
+        redone = run_study(cfg.replace(force=True))
+        for unit in redone["units"] + redone["meta"]:  # every unit trained on the new splits
+            folder = run / unit["path"]
+            data = Path(json.loads((folder / "config.json").read_text())["data_dir"])
+            assert json.loads((folder / INPUTS_FILE).read_text())["train.tsv"] == file_sha256(data / "train.tsv")
+        film = run / "data" / "k-shot-single" / "film" / "4-1" / "train.tsv"
+        assert "\tfilm\t" in film.read_text()
+        assert len(redone["units"]) == 4
+    finally:
+        source.write_text(original)  # the last test of the module: its study is not used again
