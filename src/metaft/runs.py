@@ -1,7 +1,8 @@
 """The run folder of one training stage: refuse, resume or start it, write its settings, mark it finished.
 
 A run folder holds ``config.json`` (the settings), ``metrics.jsonl``, checkpoints, the training state while
-unfinished and a results file once finished. A resumed run must keep the settings that shape its results, and the inputs it trained on (``inputs.json``).
+unfinished and a results file once finished. A resumed run must keep the settings that shape its results
+and the inputs it trained on (``inputs.json``: split files, typicality scores, start model).
 """
 
 from __future__ import annotations
