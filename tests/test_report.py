@@ -9,6 +9,7 @@ from PIL import Image
 
 from metaft.cli import main
 from metaft.report import summarise, write_report
+from metaft.results import StudyResults, UnitRecord
 
 DOMAINS = ["SST-2", "MR", "CR"]
 VARIANTS = ["baseline", "mft", "no-typicality"]
@@ -111,8 +112,7 @@ def test_every_plot_is_a_valid_png(synthetic_run):
 
 
 def test_single_seed_std_is_a_dash():
-    study = {"units": [{"seed": 1, "variant": "baseline", "domain": "A", "test_accuracy": 0.5},
-                       {"seed": 1, "variant": "mft", "domain": "A", "test_accuracy": 0.75}]}
+    study = StudyResults(units=[UnitRecord(1, "baseline", "A", 0.5), UnitRecord(1, "mft", "A", 0.75)])
     rows = summarise(study)["rows"]
     assert rows[0]["std"] is None and rows[1]["delta_mean"] == pytest.approx(0.25)
 

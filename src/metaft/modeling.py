@@ -166,14 +166,16 @@ def folder_labels(folder: str | Path) -> list[str]:
 
 def _load_sequence_classifier(source: str, labels: list[str], dropout: float | None, trust_remote_code: bool,
                               ignore_mismatched_sizes: bool = False):
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     path = resolve_model(source)
     kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
               "label2id": {lab: i for i, lab in enumerate(labels)}}
-    if dropout is not None:
-        kwargs["classifier_dropout"] = dropout
     try:
+        # a config without the setting (MPNet's) would pass it on to the model class, which refuses it
+        if dropout is not None and hasattr(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code),
+                                           "classifier_dropout"):
+            kwargs["classifier_dropout"] = dropout
         model = from_pretrained(AutoModelForSequenceClassification, path, trust_remote_code,
                                 ignore_mismatched_sizes=ignore_mismatched_sizes, **kwargs)
     except DataError:
@@ -183,6 +185,8 @@ def _load_sequence_classifier(source: str, labels: list[str], dropout: float | N
     if bad := non_finite_parameters(model):  # a run from it would stop at a NaN loss, blaming the learning rate
         raise DataError(source, f"{len(bad)} weight tensor(s) hold NaN / inf (e.g. {bad[0]}): the model is "
                                 "damaged or its training diverged")
+    if dropout is not None:
+        set_head_dropout(model, dropout)
     return model
 
 
@@ -190,6 +194,15 @@ def non_finite_parameters(model: nn.Module) -> list[str]:
     """Names of the parameters holding NaN or inf."""
     with torch.no_grad():
         return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+
+
+def set_head_dropout(model: nn.Module, p: float) -> None:
+    """Dropout ``p`` inside the classification head too: some heads (MPNet's) ignore ``classifier_dropout``
+    and use ``hidden_dropout_prob``; BERT's head dropout sits outside it and already follows the config."""
+    for head in classification_head(model):
+        for m in head.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = p
 
 
 def classification_head(model: nn.Module) -> list[nn.Module]:

@@ -93,7 +93,7 @@ def load_predictor(model_dir: str | Path, trust_remote_code: bool = False):
     return model.eval(), load_tokenizer(path, trust_remote_code)
 
 
-def predict(texts: Iterable[str], model, tokenizer, max_length: int = 128, batch_size: int = 64) -> Iterator[dict]:
+def predict(texts: Iterable[str], model, tokenizer, max_length: int, batch_size: int) -> Iterator[dict]:
     """Yield ``{"text", "label", "probabilities": {label: p}}`` per text, in input order; a blank text gets
     ``"label": None``, ``"probabilities": None`` and a ``"note"``."""
     texts = list(texts)

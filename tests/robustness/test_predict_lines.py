@@ -151,6 +151,6 @@ def test_random_inputs_keep_one_record_per_line(predictor, tmp_path, lines, fina
     expected = len(lines) - (1 if lines and lines[-1] == "" and not final_newline else 0)
     assert len(texts) == expected
     model, tokenizer = predictor
-    records = list(predict(texts, model, tokenizer, batch_size=3))
+    records = list(predict(texts, model, tokenizer, max_length=128, batch_size=3))
     assert [r["text"] for r in records] == texts
     assert all((r["label"] is None) == (not t.strip()) for r, t in zip(records, texts))
