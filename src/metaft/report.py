@@ -246,7 +246,7 @@ def check_study(path: Path, study: Any) -> dict:
                                       f"{', ' + rec['domain'] if 'domain' in rec else ''}): {field} {value} is not "
                                       "an accuracy (a finite number in [0, 1]); redo that unit (metaft run --force)")
             for name in ("test_n", "wall_time_s"):
-                if name in rec and (not _is_number(rec[name]) or not math.isfinite(rec[name]) or rec[name] < 0):
+                if rec.get(name) is not None and (not _is_number(rec[name]) or not math.isfinite(rec[name]) or rec[name] < 0):
                     raise DataError(path, f"{key}[{i}].{name}: expected a number >= 0, found {rec[name]!r:.40}")
     return study
 

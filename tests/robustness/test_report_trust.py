@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from metaft.cli import main
 from metaft.errors import DataError
 from metaft.report import check_study, render, summarise
+from metaft.results import read_study
 
 
 def good_study() -> dict:
@@ -131,6 +132,8 @@ def test_fuzzed_study_json_reports_or_gives_one_line(tmp_path, changes):
         return
     if not checked["units"]:
         return  # write_report refuses a study without results
-    assert "## Per-domain test accuracy" in render(checked, summarise(checked), [])
+    path.write_text(json.dumps(study))
+    typed = read_study(path)  # what the report is made from, once the checks passed
+    assert "## Per-domain test accuracy" in render(typed, summarise(typed), [])
     for u in checked["units"]:
         assert math.isfinite(u["test_accuracy"]) and 0 <= u["test_accuracy"] <= 1
