@@ -111,12 +111,14 @@ def test_a_damaged_domain_head_of_a_meta_snapshot_is_named(tiny_model_dir, data,
 # ------------------------------------------------------------------------------------------ study snapshot
 
 def test_a_truncated_meta_snapshot_in_a_study_is_named_from_a_worker(tiny_model_dir, corpora_root, tmp_path, capsys):
-    from metaft.study import StudyConfig, run_study
+    from metaft.config import StudyConfig
+    from metaft.study import run_study
 
     fast = {"epochs": 1, "batch_size": 8, "eval_batch_size": 256, "learning_rate": 1e-4}
-    cfg = StudyConfig(out=str(tmp_path / "study"), corpora=str(corpora_root), group="g1", k=4, seeds=(42,),
-                      model=str(tiny_model_dir), jobs=1, pca=False, meta={**fast, "eval_every": 100},
-                      finetune={**fast, "eval_every": 50, "test_limit": 32})  # complete: --config gives the same
+    cfg = StudyConfig.from_dict(dict(out=str(tmp_path / "study"), corpora=str(corpora_root), group="g1", k=4,
+                                     seeds=(42,), model=str(tiny_model_dir), jobs=1, pca=False,
+                                     meta={**fast, "eval_every": 100},
+                                     finetune={**fast, "eval_every": 50, "test_limit": 32}))
     run_study(cfg)
     run = Path(cfg.out)
     snapshot = next((run / "seed-42" / "meta" / "mft").glob("snapshot_*"))
@@ -199,7 +201,7 @@ def test_resume_from_an_intact_state_still_works(interrupted, tiny_model_dir, tm
     run = tmp_path / "run"
     shutil.copytree(source, run)
     results = finetune(ft_config(task, tiny_model_dir, run, epochs=3, resume=True))
-    assert results["resumed_from"] == 10
+    assert results.resumed_from == 10
 
 
 # ------------------------------------------------------------------------------------------ fuzzing

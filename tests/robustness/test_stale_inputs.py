@@ -16,10 +16,11 @@ import pytest
 
 from helpers import ft_config, write_task
 from metaft.cli import main
+from metaft.config import StudyConfig
 from metaft.errors import ConfigError
 from metaft.inputs import INPUTS_FILE, file_sha256
 from metaft.stages import finetune
-from metaft.study import StudyConfig, run_study
+from metaft.study import run_study
 
 WORDS = {"0": "bad terrible awful boring slow hate".split(), "1": "good great nice fine love fast".split()}
 FAST = {"meta": {"epochs": 1, "batch_size": 8, "eval_batch_size": 64, "learning_rate": 1e-4, "eval_every": 100},
@@ -147,7 +148,7 @@ def test_resume_refuses_a_run_whose_split_files_changed(finished, changed):
     assert (out / "results.json").read_bytes() == results
     redone = finetune(ft_config(data, model, out, epochs=1, eval_every=0, force=True))
     assert json.loads((out / INPUTS_FILE).read_text())[changed] == file_sha256(data / changed)
-    assert redone["num_examples"]["train"] == 48
+    assert redone.num_examples["train"] == 48
 
 
 def test_resume_refuses_a_run_whose_start_model_changed(finished):
@@ -177,8 +178,8 @@ def test_resume_of_a_half_finished_run_checks_its_inputs_too(finished):
 def input_study(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("stale-study")
     source = write(root / "mine.tsv", user_lines())
-    cfg = StudyConfig(out=str(root / "run"), input=str(source), group=None, k=4, seeds=(1,),
-                      model=str(tiny_model_dir), jobs=1, pca=False, **FAST)
+    cfg = StudyConfig.from_dict(dict(out=str(root / "run"), input=str(source), group=None, k=4, seeds=(1,),
+                                     model=str(tiny_model_dir), jobs=1, pca=False, **FAST))
     run_study(cfg)
     return cfg, source
 
@@ -231,12 +232,12 @@ def test_a_study_rerun_after_an_input_change_is_refused_then_redone_with_force(i
         assert not (run / "seed-1" / "finetune" / "baseline" / "book").exists()
 
         redone = run_study(cfg.replace(force=True))
-        for unit in redone["units"] + redone["meta"]:  # every unit trained on the new splits
-            folder = run / unit["path"]
+        for unit in redone.units + redone.meta:  # every unit trained on the new splits
+            folder = run / unit.path
             data = Path(json.loads((folder / "config.json").read_text())["data_dir"])
             assert json.loads((folder / INPUTS_FILE).read_text())["train.tsv"] == file_sha256(data / "train.tsv")
         film = run / "data" / "k-shot-single" / "film" / "4-1" / "train.tsv"
         assert "\tfilm\t" in film.read_text()
-        assert len(redone["units"]) == 4
+        assert len(redone.units) == 4
     finally:
         source.write_text(original)  # the last test of the module: its study is not used again
