@@ -7,7 +7,7 @@ import json
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import ConfigError
 from .fileio import write_json
@@ -27,6 +27,7 @@ class _Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
+        data = renamed_settings(data)
         names = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(names))
         if unknown:
@@ -42,6 +43,7 @@ class _Config:
         defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
                     for f in dataclasses.fields(self)}
         defaults = json.loads(json.dumps({k: v for k, v in defaults.items() if v is not dataclasses.MISSING}))
+        saved = renamed_settings(saved)
         now = json.loads(json.dumps(self.to_dict()))
         changed = {}
         for k in sorted(set(saved) | set(now)):
@@ -60,6 +62,14 @@ class _Config:
 
     def save(self, path: str | Path) -> None:
         write_json(path, self.to_dict(), sort_keys=True)
+
+
+RENAMED = {"head": "head_init"}  # settings saved under an older name: old -> new
+
+
+def renamed_settings(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with settings saved under an older name (``RENAMED``) under their current name."""
+    return {RENAMED.get(k, k): v for k, v in data.items()}
 
 
 def parse_k(value: Any) -> int | None:
@@ -127,6 +137,8 @@ class TypicalityConfig(_Config):
 class TrainConfig(_Config):
     """Settings shared by stage 2 (meta fine-tuning) and stage 3 (per-domain fine-tuning)."""
 
+    HEAD_INITS: ClassVar[tuple[str, ...]] = ("reinit", "probe")
+
     data_dir: str = ""
     model: str = DEFAULT_MODEL
     out: str = "runs/train"
@@ -155,8 +167,17 @@ class TrainConfig(_Config):
     dev_limit: int | None = None
     test_limit: int | None = None
     use_cache: bool = True  # False: tokenise afresh, bypassing the feature cache (seed flag --resave_ofrecord)
+    head_pooling: str = "pooler"  # auto | mean | cls | pooler: the classification head (see metaft.heads)
+    head_init: str = "reinit"  # reinit | probe (LP-FT: fit the fresh head on frozen features first) | keep (stage 3)
+    head_learning_rate: float | None = None  # the classification head's peak learning rate; None = learning_rate
 
     def __post_init__(self):
+        _check(self.head_pooling in ("auto", "mean", "cls", "pooler"),
+               f"head_pooling must be auto, mean, cls or pooler, got {self.head_pooling!r}")
+        _check(self.head_init in self.HEAD_INITS,
+               f"head_init must be {' or '.join(self.HEAD_INITS)} here, got {self.head_init!r}")
+        _check(self.head_learning_rate is None or self.head_learning_rate > 0,
+               f"head_learning_rate must be positive, got {self.head_learning_rate}")
         _check(self.epochs > 0, f"epochs must be positive, got {self.epochs}")
         _check(self.batch_size > 0 and self.eval_batch_size > 0, "batch sizes must be positive")
         _check(self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}")
@@ -201,13 +222,9 @@ class FinetuneConfig(TrainConfig):
 
     out: str = "runs/finetune"
     learning_rate: float = 1e-5
-    head: str = "reinit"  # reinit | keep
+    HEAD_INITS: ClassVar[tuple[str, ...]] = ("reinit", "probe", "keep")  # keep: the meta-learner's head
     domain: str | None = None  # which domain of the data folder; None = the only one
     task_name: str | None = None  # names the run (results.json, default output folder) like the seed system
-
-    def __post_init__(self):
-        super().__post_init__()
-        _check(self.head in ("reinit", "keep"), f"head must be reinit or keep, got {self.head!r}")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

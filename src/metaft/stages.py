@@ -22,10 +22,11 @@ from .corpora import Example, read_mft_tsv
 from .errors import ConfigError, DataError
 from .features import EncodedDataset
 from .fileio import write_json
+from .heads import resolve_pooling, save_classifier
 from .hub import from_pretrained, load_tokenizer, usable_max_length
 from .locking import LOCK_FILE, run_lock
 from .losses import grl_coefficient, mft_loss, weighted_cross_entropy
-from .modeling import MODEL_INPUT_KEYS, MetaLearner, load_classifier, recover_folder
+from .modeling import MODEL_INPUT_KEYS, MetaLearner, classification_head, load_classifier, recover_folder
 from .splits import sort_labels
 from .training import (
     METRICS_FILE,
@@ -210,6 +211,20 @@ def _meta_loss_fn(cfg: MetaConfig, total_steps: int):
     return loss_fn
 
 
+def head_parameters(classifier) -> list:
+    """The parameters of a sequence classifier's head (trained at ``head_learning_rate``)."""
+    return [p for module in classification_head(classifier) for p in module.parameters()]
+
+
+def warm_start(cfg, classifier, train_set: EncodedDataset, dev_set: EncodedDataset) -> dict | None:
+    """``head_init probe``: fit the fresh head on the frozen features first (see :mod:`metaft.probe`)."""
+    if cfg.head_init != "probe":
+        return None
+    from .probe import probe_warm_start
+
+    return probe_warm_start(classifier, train_set, dev_set, cfg.eval_batch_size)
+
+
 # ----------------------------------------------------------------------------------------------- stage 2
 
 def meta_finetune(cfg: MetaConfig) -> Path:
@@ -231,15 +246,17 @@ def _meta_finetune(cfg: MetaConfig) -> Path:
     domains = sorted({ex.domain for ex in train_ex})
     weights = typicality_weights(cfg, data_dir, train_ex)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    pooling = resolve_pooling(cfg.head_pooling, cfg.model)
     with seeded(cfg.seed):
         model = MetaLearner.build(cfg.model, labels, domains, domain_loss=cfg.domain_loss,
-                                  domain_layers=cfg.domain_layers, dropout=cfg.dropout,
+                                  domain_layers=cfg.domain_layers, dropout=cfg.dropout, pooling=pooling,
                                   trust_remote_code=cfg.trust_remote_code)
     label_ids, domain_ids = {lab: i for i, lab in enumerate(labels)}, {d: i for i, d in enumerate(domains)}
     max_length = usable_max_length(cfg.max_length, model.classifier.config, tokenizer)
     train_set = EncodedDataset(train_ex, tokenizer, max_length, label_ids, domain_ids, weights, cfg.use_cache)
     dev_set = EncodedDataset(dev_ex, tokenizer, max_length, label_ids, domain_ids, None, cfg.use_cache)
     task = cfg.task_name or task_name_for(data_dir)
+    probe = warm_start(cfg, model.classifier, train_set, dev_set)
     start_run(run_dir, cfg, status)
     loop_task = LoopTask(
         model, train_set, dev_set, labels,
@@ -247,6 +264,7 @@ def _meta_finetune(cfg: MetaConfig) -> Path:
         logits_fn=lambda m, batch: m(batch).logits,
         save_fn=lambda m, folder: m.save(folder, tokenizer),
         best_name=lambda acc: f"{SNAPSHOT_PREFIX}{task}_dev_{acc!r}",
+        head_params=head_parameters(model.classifier),
     )
     result = train(loop_task, cfg, run_dir, resume=status == "resume")
     stale = [p for p in run_dir.glob(f"{SNAPSHOT_PREFIX}*") if p.name != result.best_dir.name]  # killed runs
@@ -256,7 +274,7 @@ def _meta_finetune(cfg: MetaConfig) -> Path:
         "best_model_name": result.best_dir.name, "wall_time_s": round(result.wall_time_s, 3),
         "resumed_from": result.resumed_from, "labels": labels, "domains": domains,
         "num_examples": {"train": len(train_ex), "dev": len(dev_ex)}, "model": cfg.model, "seed": cfg.seed,
-        "dev_history": result.history, "config": cfg.to_dict(),
+        "head_pooling": pooling, "head_probe": probe, "dev_history": result.history, "config": cfg.to_dict(),
     }, stale)
     return result.best_dir
 
@@ -324,27 +342,30 @@ def _finetune(cfg: FinetuneConfig) -> dict:
     splits = _domain_splits(cfg, data_dir)
     labels = label_set(data_dir, splits["train"], {k: v for k, v in splits.items() if k != "train"})
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    pooling = resolve_pooling(cfg.head_pooling, cfg.model)
     with seeded(cfg.seed):
-        model = load_classifier(cfg.model, labels, head=cfg.head, dropout=cfg.dropout, seed=cfg.seed,
-                                trust_remote_code=cfg.trust_remote_code)
+        model = load_classifier(cfg.model, labels, head=cfg.head_init, dropout=cfg.dropout, seed=cfg.seed,
+                                pooling=pooling, trust_remote_code=cfg.trust_remote_code)
     label_ids = {lab: i for i, lab in enumerate(labels)}
     max_length = usable_max_length(cfg.max_length, model.config, tokenizer)
     sets = {k: EncodedDataset(v, tokenizer, max_length, label_ids, None, None, cfg.use_cache)
             for k, v in splits.items()}
 
     def save_fn(m, folder: Path) -> None:
-        m.save_pretrained(folder, safe_serialization=True)
+        save_classifier(m, folder)
         tokenizer.save_pretrained(folder)
 
+    probe = warm_start(cfg, model, sets["train"], sets["dev"])
     start_run(run_dir, cfg, status)
-    loop_task = LoopTask(model, sets["train"], sets["dev"], labels, ce_loss, hf_logits, save_fn)
+    loop_task = LoopTask(model, sets["train"], sets["dev"], labels, ce_loss, hf_logits, save_fn,
+                         head_params=head_parameters(model))
     result = train(loop_task, cfg, run_dir, resume=status == "resume")
     t0 = time.monotonic()
     test = _test(result.best_dir, sets["test"], cfg, labels) if "test" in sets else None
     eval_s = time.monotonic() - t0
     results = {
         "task": cfg.task_name or task_name_for(data_dir), "domain": splits["train"][0].domain,
-        "model": cfg.model, "head": cfg.head, "seed": cfg.seed,
+        "model": cfg.model, "head": cfg.head_init, "head_pooling": pooling, "head_probe": probe, "seed": cfg.seed,
         "test_accuracy": test["accuracy"] if test else None, "test_macro_f1": test["macro_f1"] if test else None,
         "test": test, "best_dev_accuracy": result.best_accuracy, "best_dev_macro_f1": result.best_dev["macro_f1"],
         "best_step": result.best_step, "total_steps": result.total_steps, "best_model": str(result.best_dir),

@@ -96,6 +96,18 @@ def _common(p: argparse.ArgumentParser, cls) -> None:
     add("--resume", action="store_true", default=S, help="continue an interrupted run from its last evaluation")
     add("--force", action="store_true", default=S, help="overwrite an existing run folder")
     add("--trust-remote-code", dest="trust_remote_code", action="store_true", default=S)
+    add("--head-pooling", dest="head_pooling", choices=("auto", "mean", "cls", "pooler"), default=S,
+        help=f"classification head: auto = the encoder's declared sentence pooling (a sentence-transformers "
+             f"folder's 1_Pooling), else pooler; mean / cls = masked token mean / first token -> linear; pooler "
+             f"= the architecture's default HF head (default {d.head_pooling})")
+    inits = ", ".join(d.HEAD_INITS)
+    add("--head-init", dest="head_init", choices=d.HEAD_INITS, default=S,
+        help=f"{inits}: reinit = a fresh seeded head; probe = a fresh head fitted first by logistic regression "
+             f"on the frozen features, C chosen on dev (LP-FT)" + ("; keep = the meta-learner's head"
+                                                                   if "keep" in d.HEAD_INITS else "")
+             + f" (default {d.head_init})")
+    add("--head-lr", "--head-learning-rate", dest="head_learning_rate", type=float, default=S,
+        help="peak learning rate of the classification head (default: the same as --lr)")
     seed = p.add_argument_group("seed-system (OneFlow) flags")
     seed.add_argument("--resave_ofrecord", "--no-cache", dest="use_cache", action="store_false", default=S,
                       help="tokenise afresh, bypassing the tokenisation cache (metaft has no OFRecord files)")
@@ -136,8 +148,8 @@ def register(subparsers) -> None:
     _common(ft, FinetuneConfig)
     ft.add_argument("--test-limit", "--eval_example_num", dest="test_limit", type=int, default=S,
                     help="first N test examples")
-    ft.add_argument("--head", choices=("reinit", "keep"), default=S,
-                    help="re-initialise the classification head (default) or keep the meta-learner's")
+    ft.add_argument("--head", dest="head_init", choices=FinetuneConfig.HEAD_INITS, default=S,
+                    help="the same as --head-init")
     ft.add_argument("--domain", default=S, help="the domain to use when the data folder holds several")
     ft.set_defaults(func=run_finetune)
 
