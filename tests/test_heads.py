@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ft_config
 
+from helpers import ft_config
 from metaft.heads import build_classifier, declared_pooling, resolve_pooling, save_classifier
 from metaft.hub import load_tokenizer
 from metaft.modeling import load_classifier
@@ -137,3 +137,27 @@ def test_head_learning_rate_lands_in_its_own_optimizer_groups(tiny_model_dir):
     assert by_lr[1e-4] == {id(p) for p in head}
     assert len(by_lr[1e-5]) == sum(1 for _ in model.parameters()) - 2
     assert len(build_optimizer(model, 1e-5, 0.01, head, None).param_groups) == 2  # same rate: the usual 2 groups
+
+
+def test_meta_learner_with_a_mean_head_feeds_stage_3(tiny_model_dir, tmp_path):
+    from helpers import write_task
+
+    from metaft.config import FinetuneConfig, MetaConfig
+    from metaft.stages import finetune, meta_finetune
+
+    cross = write_task(tmp_path / "cross", n_train=36, n_dev=18, n_test=0, domains=("book", "movie"), seed=4)
+    best = meta_finetune(MetaConfig(data_dir=str(cross), model=str(tiny_model_dir), out=str(tmp_path / "meta"),
+                                    epochs=1, batch_size=6, learning_rate=1e-3, typicality=False,
+                                    head_pooling="mean", head_init="probe", save_state_every_s=0))
+    meta = json.loads((tmp_path / "meta" / "meta_results.json").read_text())
+    assert meta["head_pooling"] == "mean" and meta["head_probe"]["C"] > 0
+    assert meta["dev_history"][0] == {"step": 0, "dev_accuracy": meta["head_probe"]["dev_accuracy"],
+                                      "dev_macro_f1": meta["dev_history"][0]["dev_macro_f1"]}
+    assert resolve_pooling("auto", str(best)) == "mean"  # the snapshot declares its own head
+    single = write_task(tmp_path / "single", n_train=24, n_dev=12, n_test=12, domains=("book",), seed=9)
+    r = finetune(FinetuneConfig(data_dir=str(single), model=str(best), out=str(tmp_path / "ft"), epochs=1,
+                                batch_size=8, head_pooling="auto", head_init="keep"))
+    assert r["head_pooling"] == "mean" and r["head"] == "keep"
+    with pytest.raises(Exception, match="head pooling"):
+        finetune(FinetuneConfig(data_dir=str(single), model=str(best), out=str(tmp_path / "ft2"), epochs=1,
+                                head_pooling="cls", head_init="keep"))

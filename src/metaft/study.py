@@ -350,6 +350,7 @@ def _run_study(cfg: StudyConfig) -> dict:
         seconds = _typicality(cfg, cross)
         study["typicality"].append({"seed": seed, "path": str((cross / "typicality.tsv").relative_to(run)),
                                     "wall_time_s": seconds})
+    study["frozen_lr"] = _frozen_lr(cfg, run, domains)
     plan = _plan(cfg, run, group, domains)
     metas: dict[tuple, dict] = {}
     units: dict[tuple, dict] = {}
@@ -378,6 +379,18 @@ def _run_study(cfg: StudyConfig) -> dict:
     write_json(run / "study.json", study)
     study["report"] = str(write_report(run))
     return study
+
+
+def _frozen_lr(cfg: StudyConfig, run: Path, domains: list[str]) -> list[dict]:
+    """The report's frozen-LR reference row: per seed and domain, a logistic regression on frozen embeddings."""
+    from .probe import frozen_lr_file
+
+    rows, cache = [], {}  # one encoder and one embedding per text for all seeds
+    for seed in cfg.seeds:
+        folders = {d: _data_dir(cfg, run, "k-shot-single", d, seed) for d in domains}
+        out = run / f"seed-{seed}" / "frozen_lr.json"
+        rows += [{**r, "seed": seed} for r in frozen_lr_file(folders, cfg.model, out, cfg.force, cache)]
+    return rows
 
 
 def hyperparameter_note(cfg: StudyConfig) -> str:
