@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metaft.corpora import Example, read_mft_tsv
-from metaft.features import masked_mean
+from metaft.corpora import read_mft_tsv
 from metaft.hub import load_encoder, load_tokenizer
+from metaft.pooling import masked_mean
+from metaft.records import Example
 from metaft.typicality import embed_examples
 
 DEFAULT_CORPORA = Path(__file__).resolve().parents[2] / "shared" / "data"

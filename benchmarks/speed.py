@@ -233,11 +233,10 @@ def run_trainer(data: Path, model: str, out: Path, batch: int, lr: float, optim:
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
     from metaft.config import TrainConfig
-    from metaft.corpora import read_mft_tsv
+    from metaft.corpora import read_mft_tsv, sort_labels
     from metaft.features import encode
     from metaft.hub import load_tokenizer
     from metaft.modeling import load_classifier
-    from metaft.splits import sort_labels
     from metaft.training import epoch_permutation, seeded
 
     total = args.warmup + args.steps

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from metaft.config import FinetuneConfig
-from metaft.corpora import Example, write_mft_tsv
+from metaft.corpora import write_mft_tsv
+from metaft.records import Example
 
 WORDS = {"neg": "bad terrible awful hate boring broke slow".split(),
          "neu": "question answer what who where when how why".split(),

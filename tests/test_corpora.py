@@ -8,18 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from metaft.corpora import (
+from metaft.corpora import read_jsonl, read_user_file
+from metaft.errors import ConfigError, DataError
+from metaft.readers import (
     DOMAINS,
     corpora_root,
     lookup_domain,
     lookup_group,
     read_amazon_reviews,
     read_glue_tsv,
-    read_jsonl,
     read_label_lines,
-    read_user_file,
 )
-from metaft.errors import ConfigError, DataError
 
 
 def labels(examples) -> dict[str, int]:
@@ -53,7 +52,7 @@ def test_mr_keeps_nel_inside_sentences(corpora_root):
 
 @pytest.mark.parametrize(("rel", "n", "skipped"), [("cr/custrev.all", 3771, 4), ("mpqa/mpqa.all", 10_603, 3)])
 def test_empty_texts_skipped_with_counted_warning(corpora_root, caplog, rel, n, skipped):
-    with caplog.at_level(logging.WARNING, logger="metaft.corpora"):
+    with caplog.at_level(logging.WARNING, logger="metaft.records"):
         examples = read_label_lines(corpora_root / rel, "X")
     assert len(examples) == n
     assert f"skipped {skipped} empty text(s)" in caplog.text

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import torch
 
-from metaft.corpora import Example
-from metaft.features import Collator, EncodedDataset, cache_dir, encode, masked_mean
+from metaft.features import Collator, EncodedDataset, cache_dir, encode
 from metaft.hub import load_tokenizer
+from metaft.pooling import masked_mean
+from metaft.records import Example
 
 
 def _examples():

@@ -141,7 +141,6 @@ def test_head_learning_rate_lands_in_its_own_optimizer_groups(tiny_model_dir):
 
 def test_meta_learner_with_a_mean_head_feeds_stage_3(tiny_model_dir, tmp_path):
     from helpers import write_task
-
     from metaft.config import FinetuneConfig, MetaConfig
     from metaft.stages import finetune, meta_finetune
 

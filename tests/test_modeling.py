@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from metaft.errors import ConfigError, OutputError
+from metaft.fileio import save_atomic
 from metaft.losses import domain_adversarial_loss, mft_loss
 from metaft.modeling import (
     DOMAIN_HEAD_FILE,
@@ -14,7 +15,6 @@ from metaft.modeling import (
     default_domain_layers,
     folder_labels,
     load_classifier,
-    save_atomic,
 )
 
 
@@ -133,7 +133,7 @@ def test_save_atomic_keeps_the_old_folder_when_saving_fails(tmp_path):
 
 
 def test_interrupted_rename_is_recovered(tmp_path):
-    from metaft.modeling import recover_folder
+    from metaft.fileio import recover_folder
 
     target = tmp_path / "best"
     save_atomic(lambda p: (p / "x.txt").write_text("v1"), target)

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from metaft import PrepareConfig, prepare
-from metaft.corpora import Example, read_mft_tsv
+from metaft.corpora import read_mft_tsv
+from metaft.domains import hold_out, normalise
 from metaft.errors import ConfigError, DataError
-from metaft.splits import dedupe, full_split, hold_out, kshot_split, normalise
+from metaft.records import Example
+from metaft.splits import dedupe, full_split, kshot_split
 
 SEEDS = (13, 21, 42, 87, 100)
 G1 = ("SST-2", "MR", "CR")

@@ -32,7 +32,7 @@ def meta_config(data: Path, model: Path, out: Path, **kw) -> MetaConfig:
 
 
 def test_task_names():
-    from metaft.stages import task_name_for
+    from metaft.prepared import task_name_for
 
     assert task_name_for("data/k-shot-cross/g1/16-42") == "g1"
     assert task_name_for("data/k-shot-single/SST-2/16-42") == "SST-2"
@@ -42,7 +42,7 @@ def test_task_names():
 def test_typicality_weights_are_normalised(monkeypatch, tmp_path):
     import metaft.typicality
     from helpers import synthetic
-    from metaft.stages import typicality_weights
+    from metaft.typicality import typicality_weights
 
     train = synthetic(6, ["a", "b"], 0)  # domains a, a, a, b, b, b
     monkeypatch.setattr(metaft.typicality, "load_scores", lambda d, ex: [0.5, 1.0, 1.5, 0.2, 0.2, 0.8])
@@ -58,7 +58,7 @@ def test_typicality_weights_are_normalised(monkeypatch, tmp_path):
 def test_negative_typicality_scores_count_as_zero(monkeypatch, tmp_path, caplog):
     import metaft.typicality
     from helpers import synthetic
-    from metaft.stages import typicality_weights
+    from metaft.typicality import typicality_weights
 
     train = synthetic(4, ["a"], 0)
     monkeypatch.setattr(metaft.typicality, "load_scores", lambda d, ex: [0.6, -0.2, 0.9, 0.0])

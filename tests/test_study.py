@@ -42,6 +42,7 @@ def test_study_runs_every_unit_and_writes_report(tiny_study):
 
 def test_rerun_skips_finished_units_and_force_redoes_them(tiny_study, monkeypatch, caplog):
     caplog.set_level("INFO", logger="metaft.study")
+    caplog.set_level("INFO", logger="metaft.scheduler")
     cfg, study = tiny_study
     import metaft.stages as stages
 
@@ -64,15 +65,16 @@ def test_rerun_skips_finished_units_and_force_redoes_them(tiny_study, monkeypatc
 
 
 def test_time_estimate_weights_units_by_the_examples_they_train_on(tiny_study):
-    from metaft.study import _plan, _work
+    from metaft.scheduler import unit_work
+    from metaft.study import plan_units
 
     cfg, study = tiny_study
     cfg = cfg.replace(meta={**cfg.meta, "epochs": 3}, finetune={**cfg.finetune, "train_limit": 5})
-    plan = _plan(cfg, Path(cfg.out), "g1", ["SST-2", "MR", "CR"])
+    plan = plan_units(cfg, Path(cfg.out), "g1", ["SST-2", "MR", "CR"])
     meta = next(u for u in plan if u.domain is None)
     sst2 = next(u for u in plan if u.domain == "SST-2")
-    assert _work(cfg, meta) == 3 * 24  # 3 epochs x (K 4 x 2 labels x 3 domains) cross-domain examples
-    assert _work(cfg, sst2) == 1 * 5  # 1 epoch x 8 examples, limited to 5
+    assert unit_work(cfg, meta) == 3 * 24  # 3 epochs x (K 4 x 2 labels x 3 domains) cross-domain examples
+    assert unit_work(cfg, sst2) == 1 * 5  # 1 epoch x 8 examples, limited to 5
 
 
 def test_units_in_parallel_workers_give_the_same_study(tiny_study, tmp_path):

@@ -47,7 +47,8 @@ def test_length_grouping_keeps_every_example_and_sorts_within_chunks():
 
 
 def test_metrics_and_optimizer_groups():
-    from metaft.training import build_optimizer, build_scheduler, classification_metrics
+    from metaft.evaluation import classification_metrics
+    from metaft.training import build_optimizer, build_scheduler
 
     m = classification_metrics(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 1]), ["a", "b", "c"])
     assert m["accuracy"] == 0.5 and m["n"] == 4

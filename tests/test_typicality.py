@@ -14,10 +14,11 @@ from safetensors import safe_open
 
 from metaft.cli import main
 from metaft.config import TypicalityConfig
-from metaft.corpora import Example, read_mft_tsv
+from metaft.corpora import read_mft_tsv
 from metaft.errors import ConfigError, DataError
+from metaft.pooling import check_pooling
+from metaft.records import Example
 from metaft.typicality import (
-    check_pooling,
     compute_typicality,
     embed_examples,
     load_scores,

@@ -5,8 +5,9 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .config import FinetuneConfig, MetaConfig, PrepareConfig, TypicalityConfig  # noqa: E402
-from .corpora import Example, read_mft_tsv, write_mft_tsv  # noqa: E402
+from .corpora import read_mft_tsv, write_mft_tsv  # noqa: E402
 from .errors import ConfigError, DataError, MetaftError  # noqa: E402
+from .records import Example  # noqa: E402
 from .splits import prepare  # noqa: E402
 
 # stages that need torch load on first use, so `import metaft` and `metaft --help` stay fast

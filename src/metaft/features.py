@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .corpora import Example
 from .errors import OutputError
 from .fileio import atomic_path
+from .records import Example
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,12 @@ class Collator:
         return batch
 
 
-def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over real tokens only: hidden [B, T, H], mask [B, T] -> [B, H]. Padding never counts."""
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+def eval_loader(dataset: EncodedDataset, batch_size: int, accelerator, pad_to_multiple_of: int = 8,
+                pad_to: int | None = None):
+    """An accelerate-prepared loader, longest texts first (batches of similar lengths: little padding; the
+    metrics do not depend on the order); each process gets its share (see gather_for_metrics)."""
+    lengths = dataset.lengths()
+    order = sorted(range(len(dataset)), key=lambda i: -lengths[i])
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order,
+                                         collate_fn=Collator(dataset.pad_id, pad_to_multiple_of, pad_to))
+    return accelerator.prepare(loader)

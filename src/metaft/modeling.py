@@ -8,13 +8,9 @@ loading never unpickles.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import os
-import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +18,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import ConfigError, OutputError
-from .features import masked_mean
+from .errors import ConfigError
+from .fileio import recover_folder
 from .heads import build_classifier, is_pooled_folder, save_classifier
 from .hub import from_pretrained, resolve_model
 from .losses import grad_reverse
+from .pooling import masked_mean
 
 logger = logging.getLogger(__name__)
 
@@ -225,52 +222,3 @@ def load_classifier(source: str, labels: list[str], *, head: str = "reinit", dro
     return model
 
 
-def _fsync_tree(folder: Path) -> None:
-    for p in folder.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as fh:
-                os.fsync(fh.fileno())
-
-
-def save_atomic(save_fn: Callable[[Path], None], folder: str | Path) -> None:
-    """Write a folder so that a crash at any point leaves either the old or the new version.
-
-    ``save_fn`` writes into a temporary sibling; files are fsynced; the old folder is moved aside,
-    the new one renamed into place, and the old one removed. :func:`recover_folder` restores the old
-    version if a crash happened between the two renames.
-    """
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    old = folder.with_name(f".{folder.name}.old")
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        recover_folder(folder)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            save_fn(tmp)
-            _fsync_tree(tmp)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if folder.exists():
-            folder.rename(old)
-        tmp.rename(folder)
-    except Exception as exc:  # OSError, but safetensors and torch.save report a full disk as their own errors
-        with contextlib.suppress(OSError):
-            recover_folder(folder)
-        kept = "; the previous version is kept" if folder.exists() else ""
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
-        raise OutputError(f"{folder}: cannot save ({why}){kept}") from exc
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def recover_folder(folder: str | Path) -> None:
-    """Undo a save interrupted between its two renames (see :func:`save_atomic`)."""
-    folder = Path(folder)
-    old = folder.with_name(f".{folder.name}.old")
-    if old.is_dir():
-        if folder.exists():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.rename(folder)

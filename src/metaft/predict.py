@@ -7,16 +7,16 @@ from pathlib import Path
 
 import torch
 
-from .corpora import Example
 from .errors import ConfigError
 from .features import Collator, encode
 from .hub import from_pretrained, load_tokenizer, resolve_model
+from .records import Example
 
 
 def load_predictor(model_dir: str | Path, trust_remote_code: bool = False):
     from transformers import AutoModelForSequenceClassification
 
-    from .modeling import recover_folder
+    from .fileio import recover_folder
 
     path = resolve_model(model_dir)
     recover_folder(path)

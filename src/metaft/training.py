@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import os
@@ -30,17 +29,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError, MetaftError, writing
-from .features import Collator, EncodedDataset
-from .modeling import recover_folder, save_atomic
+from .checkpoints import STATE_DIR, append_metrics, load_state, save_state, truncate_metrics
+from .devices import make_accelerator, process_state
+from .errors import ConfigError, MetaftError
+from .evaluation import LogitsFn, evaluate
+from .features import Collator, EncodedDataset, eval_loader
+from .fileio import recover_folder, save_atomic
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
-STATE_DIR = "state"
 
 LossFn = Callable[[nn.Module, dict, int], dict]  # (model, batch, step) -> {"total": scalar, ...parts}
-LogitsFn = Callable[[nn.Module, dict], torch.Tensor]  # (model, batch) -> logits [B, C]
 SaveFn = Callable[[nn.Module, Path], None]  # writes an unwrapped model into a folder
 
 
@@ -120,32 +119,7 @@ def step_batch(perm: list[int], pos: int, batch_size: int, world: int = 1, rank:
     return mine or chunk[rank % len(chunk):][:1]  # a short last batch: no process may go empty (DDP)
 
 
-# ------------------------------------------------------------------------------------ optimiser, accelerator
-
-def resolve_mixed_precision(setting: str) -> str:
-    """``auto`` = bf16 on a CUDA device that supports it, otherwise no mixed precision."""
-    if setting != "auto":
-        return setting
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-
-
-def _cpu_processes() -> bool:
-    """Several processes (torchrun / accelerate launch) on a machine without a GPU: DDP over gloo."""
-    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def make_accelerator(mixed_precision: str = "auto"):
-    """The accelerate object of a run; on CUDA it also lets fp32 matmuls use TF32 tensor cores (process-wide)."""
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-
-    if torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    # the scheduler is stepped by hand once per optimiser step: its length is already in global steps
-    return Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision), cpu=_cpu_processes(),
-                       step_scheduler_with_optimizer=False,
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+# -------------------------------------------------------------------------------- optimiser, CPU memory
 
 
 _MALLOC_TUNED = False
@@ -224,109 +198,6 @@ def build_scheduler(optimizer, total_steps: int, warmup_ratio: float):
     from transformers import get_linear_schedule_with_warmup
 
     return get_linear_schedule_with_warmup(optimizer, math.ceil(total_steps * warmup_ratio), total_steps)
-
-
-# -------------------------------------------------------------------------------------------- evaluation
-
-def classification_metrics(preds: torch.Tensor, golds: torch.Tensor, labels: list[str]) -> dict:
-    """Accuracy, macro-F1 (over labels seen in gold or predictions) and per-label counts. preds, golds [N]."""
-    per_label, f1s = {}, []
-    for i, name in enumerate(labels):
-        support, predicted = int((golds == i).sum()), int((preds == i).sum())
-        correct = int(((golds == i) & (preds == i)).sum())
-        per_label[name] = {"support": support, "correct": correct, "predicted": predicted}
-        if support or predicted:
-            f1s.append(2 * correct / (support + predicted))
-    n = int(golds.numel())
-    accuracy = float((preds == golds).sum()) / n if n else 0.0
-    return {"accuracy": accuracy, "macro_f1": sum(f1s) / len(f1s) if f1s else 0.0, "n": n,
-            "per_label": per_label}
-
-
-def eval_loader(dataset: EncodedDataset, batch_size: int, accelerator, pad_to_multiple_of: int = 8,
-                pad_to: int | None = None):
-    """An accelerate-prepared loader, longest texts first (batches of similar lengths: little padding; the
-    metrics do not depend on the order); each process gets its share (see gather_for_metrics)."""
-    lengths = dataset.lengths()
-    order = sorted(range(len(dataset)), key=lambda i: -lengths[i])
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order,
-                                         collate_fn=Collator(dataset.pad_id, pad_to_multiple_of, pad_to))
-    return accelerator.prepare(loader)
-
-
-def evaluate(model: nn.Module, loader, logits_fn: LogitsFn, accelerator, labels: list[str]) -> dict:
-    """Classification metrics of ``model`` on all examples of ``loader`` (no duplicates under DDP)."""
-    was_training = model.training
-    model.eval()
-    preds, golds = [], []
-    with torch.inference_mode():
-        for batch in loader:
-            with accelerator.autocast():
-                logits = logits_fn(model, batch)  # [B, C]
-            p, y = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"]))
-            preds.append(p.cpu())
-            golds.append(y.cpu())
-    model.train(was_training)
-    return classification_metrics(torch.cat(preds), torch.cat(golds), labels)
-
-
-# ------------------------------------------------------------------------------------- processes, metrics
-
-def process_state():
-    """accelerate's view of this process (rank, number of processes); one process without a launcher."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=_cpu_processes())
-
-
-def append_metrics(run_dir: Path, record: dict) -> None:
-    with writing(run_dir / METRICS_FILE), open(run_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, sort_keys=True) + "\n")
-
-
-def _truncate_metrics(run_dir: Path, step: int) -> None:
-    """On resume, drop records logged after the saved state (they will be logged again)."""
-    path = run_dir / METRICS_FILE
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-    kept = []
-    for line in lines:
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line + "\n")
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut short by the kill
-    path.write_text("".join(kept), encoding="utf-8")
-
-
-# ------------------------------------------------------------------------------------------ train state
-
-def save_state(folder: Path, model: nn.Module, optimizer, scheduler, info: dict) -> None:
-    """Everything needed to continue: weights (safetensors), optimiser/scheduler/RNG (tensors only)."""
-    from safetensors.torch import save_model
-
-    save_model(model, str(folder / "model.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-               folder / "optimizer.pt")
-    rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(rng, folder / "rng.pt")
-    (folder / "trainer_state.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-
-
-def load_state(folder: Path, model: nn.Module, optimizer, scheduler) -> dict:
-    """Restore :func:`save_state`'s files (no unpickling: ``weights_only=True``); returns the info dict."""
-    from safetensors.torch import load_model
-
-    load_model(model, str(folder / "model.safetensors"), strict=True)
-    opt = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
-    optimizer.load_state_dict(opt["optimizer"])
-    scheduler.load_state_dict(opt["scheduler"])
-    rng = torch.load(folder / "rng.pt", weights_only=True, map_location="cpu")
-    torch.set_rng_state(rng["cpu"])
-    if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -458,7 +329,7 @@ class _Loop:
         self.t0 = self.state_saved_at = time.monotonic()
         resumed_from = self._restore() if resume else None
         if resume and self.acc.is_main_process:
-            _truncate_metrics(self.run_dir, self.step)
+            truncate_metrics(self.run_dir, self.step)
         self.model.train()
         from tqdm.auto import tqdm
 

@@ -23,7 +23,6 @@ For a layout file other than ``train.tsv`` (e.g. ``my.tsv``) the names get its s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -33,17 +32,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import TypicalityConfig
-from .corpora import Example, read_mft_tsv
+from .config import MetaConfig, TypicalityConfig
+from .corpora import read_mft_tsv
 from .errors import ConfigError, DataError, MetaftError
-from .features import Collator, encode, masked_mean
-from .fileio import atomic_path, write_json, write_text
+from .features import Collator, encode
+from .fileio import atomic_path, sha256_file, write_json, write_text
 from .hub import load_encoder, load_tokenizer, usable_max_length
+from .pooling import check_pooling, pool
+from .records import Example
 
 logger = logging.getLogger(__name__)
 
 AGGREGATIONS = ("mean-prototype", "mean-cosine")
-POOLINGS = ("mean", "cls", "pooler")
 HEADER = "uid\tdomain\tlabel\tscore"
 
 
@@ -83,25 +83,6 @@ def score_paths(data: str | Path) -> ScorePaths:
 
 
 # ----------------------------------------------------------------------------------------------- embeddings
-
-def check_pooling(model, pooling: str) -> None:
-    """Refuse a pooling the model cannot do (``pooler`` needs a pooler layer)."""
-    if pooling not in POOLINGS:
-        raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-    if pooling == "pooler" and getattr(model, "pooler", None) is None:
-        raise ConfigError(f"{type(model).__name__} has no pooler layer; use --pooling mean or cls")
-
-
-def pool(outputs, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """One vector per sequence: last hidden [B, T, H] + mask [B, T] -> [B, H]."""
-    if pooling == "mean":
-        return masked_mean(outputs.last_hidden_state, attention_mask)
-    if pooling == "cls":
-        return outputs.last_hidden_state[:, 0]
-    pooled = getattr(outputs, "pooler_output", None)
-    if pooled is None:
-        raise ConfigError("the model returns no pooler output; use --pooling mean or cls")
-    return pooled
 
 
 @torch.inference_mode()
@@ -222,13 +203,6 @@ def typicality_scores(
 
 
 # ------------------------------------------------------------------------------------------------- files
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _stats(values: np.ndarray) -> dict[str, float | int]:
@@ -380,3 +354,35 @@ def load_scores(data_dir: str | Path, examples: Sequence[Example]) -> list[float
                                       f"({len(table)} scores for {len(examples)} examples; "
                                       f"{'; '.join(problems)}): {rerun}")
     return [table[ex.uid] for ex in examples]
+
+
+def typicality_weights(cfg: MetaConfig, data_dir: Path, train: list[Example]) -> list[float]:
+    """Per-example loss weights: typicality scores normalised by ``cfg.typicality_norm``, or all 1.0.
+
+    A score below 0 (an example whose embedding points away from its class prototypes; it happens with
+    sentence-embedding models, not with BERT's usual 0.9-1.0) counts as 0: a negative weight would train the
+    model to get that example wrong.
+    """
+    if not cfg.typicality:
+        return [1.0] * len(train)
+    scores = load_scores(data_dir, train)
+    if negative := sum(s < 0 for s in scores):
+        logger.warning("%d of %d typicality scores are below 0 (min %.4f): they count as 0, so those examples do "
+                       "not contribute to the classification loss", negative, len(scores), min(scores))
+        scores = [max(s, 0.0) for s in scores]
+    if cfg.typicality_norm == "none":
+        return scores
+    groups = {"": list(range(len(train)))} if cfg.typicality_norm == "mean-global" else {}
+    if not groups:
+        for i, ex in enumerate(train):
+            groups.setdefault(ex.domain, []).append(i)
+    weights = list(scores)
+    for domain, idx in groups.items():
+        mean = sum(scores[i] for i in idx) / len(idx)
+        if mean <= 0:
+            raise DataError(data_dir / "typicality.tsv", f"mean typicality of {domain or 'all examples'} is "
+                                                         f"{mean:.4f} <= 0: use --typicality-norm none")
+        for i in idx:
+            weights[i] = scores[i] / mean
+    logger.info("typicality weights (%s): min %.4f, max %.4f", cfg.typicality_norm, min(weights), max(weights))
+    return weights

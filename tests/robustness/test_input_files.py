@@ -18,8 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from metaft.cli import main
-from metaft.corpora import Example, read_mft_tsv
-from metaft.splits import HOLDOUT_SEED, full_split, hold_out, normalise
+from metaft.corpora import read_mft_tsv
+from metaft.domains import HOLDOUT_SEED, hold_out, normalise
+from metaft.records import Example
+from metaft.splits import full_split
 
 GOOD = "mine.tsv"
 

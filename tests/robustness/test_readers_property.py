@@ -15,18 +15,10 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metaft.corpora import (
-    Example,
-    clean_field,
-    read_amazon_reviews,
-    read_glue_tsv,
-    read_jsonl,
-    read_label_lines,
-    read_mft_tsv,
-    read_user_file,
-    write_mft_tsv,
-)
+from metaft.corpora import read_jsonl, read_mft_tsv, read_user_file, write_mft_tsv
 from metaft.errors import DataError
+from metaft.readers import read_amazon_reviews, read_glue_tsv, read_label_lines
+from metaft.records import Example, clean_field
 
 SETTINGS = settings(
     max_examples=500,

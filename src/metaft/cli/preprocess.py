@@ -82,7 +82,7 @@ def _check_counts(args, train: Path) -> None:
                            path, found, expected, flag, found)
 
 
-def _check_vocab(vocab_file: str, model: str, trust_remote_code: bool) -> None:
+def check_vocab(vocab_file: str, model: str, trust_remote_code: bool) -> None:
     from ..hub import load_tokenizer
 
     path = Path(vocab_file)
@@ -127,7 +127,7 @@ def run(args) -> int:
     paths = score_paths(data)
     _check_counts(args, paths.train)
     if args.vocab_file:
-        _check_vocab(args.vocab_file, args.model, args.trust_remote_code)
+        check_vocab(args.vocab_file, args.model, args.trust_remote_code)
     compute_typicality(config)
     summary = json.loads(paths.summary.read_text(encoding="utf-8"))
     print(f"typicality: {summary['n']} examples, {config.model}, {config.pooling} pooling, "

@@ -156,7 +156,7 @@ def register(subparsers) -> None:
 
 def make_config(args, cls, kind: str):
     """Map parsed flags onto ``cls`` (MetaConfig or FinetuneConfig); unset flags keep its defaults."""
-    from ..stages import task_name_for
+    from ..prepared import task_name_for
 
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in vars(args).items() if k in names}
@@ -172,15 +172,15 @@ def make_config(args, cls, kind: str):
         values["out"] = str(Path("runs") / f"{kind}-{task}-{values.get('seed', cls.seed)}")
     config = cls(**values)
     if args.vocab_file:
-        from .preprocess import _check_vocab
+        from .preprocess import check_vocab
 
-        _check_vocab(args.vocab_file, config.model, config.trust_remote_code)
+        check_vocab(args.vocab_file, config.model, config.trust_remote_code)
     return config
 
 
 def _main_process() -> bool:
     """Under `accelerate launch` / torchrun only the main process prints the summary."""
-    from ..training import process_state
+    from ..devices import process_state
 
     return process_state().is_main_process
 

@@ -1,0 +1,62 @@
+"""The files of a run folder that make training resumable: the training state folder and ``metrics.jsonl``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import writing
+
+METRICS_FILE = "metrics.jsonl"
+STATE_DIR = "state"
+
+
+def append_metrics(run_dir: Path, record: dict) -> None:
+    with writing(run_dir / METRICS_FILE), open(run_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """On resume, drop records logged after the saved state (they will be logged again)."""
+    path = run_dir / METRICS_FILE
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by the kill
+    path.write_text("".join(kept), encoding="utf-8")
+
+
+def save_state(folder: Path, model: nn.Module, optimizer, scheduler, info: dict) -> None:
+    """Everything needed to continue: weights (safetensors), optimiser/scheduler/RNG (tensors only)."""
+    from safetensors.torch import save_model
+
+    save_model(model, str(folder / "model.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+               folder / "optimizer.pt")
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, folder / "rng.pt")
+    (folder / "trainer_state.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def load_state(folder: Path, model: nn.Module, optimizer, scheduler) -> dict:
+    """Restore :func:`save_state`'s files (no unpickling: ``weights_only=True``); returns the info dict."""
+    from safetensors.torch import load_model
+
+    load_model(model, str(folder / "model.safetensors"), strict=True)
+    opt = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
+    optimizer.load_state_dict(opt["optimizer"])
+    scheduler.load_state_dict(opt["scheduler"])
+    rng = torch.load(folder / "rng.pt", weights_only=True, map_location="cpu")
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))

@@ -1,0 +1,41 @@
+"""Evaluation: accuracy, macro-F1 and per-label counts of a classifier on a data loader (all processes)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+LogitsFn = Callable[[nn.Module, dict], torch.Tensor]  # (model, batch) -> logits [B, C]
+
+
+def classification_metrics(preds: torch.Tensor, golds: torch.Tensor, labels: list[str]) -> dict:
+    """Accuracy, macro-F1 (over labels seen in gold or predictions) and per-label counts. preds, golds [N]."""
+    per_label, f1s = {}, []
+    for i, name in enumerate(labels):
+        support, predicted = int((golds == i).sum()), int((preds == i).sum())
+        correct = int(((golds == i) & (preds == i)).sum())
+        per_label[name] = {"support": support, "correct": correct, "predicted": predicted}
+        if support or predicted:
+            f1s.append(2 * correct / (support + predicted))
+    n = int(golds.numel())
+    accuracy = float((preds == golds).sum()) / n if n else 0.0
+    return {"accuracy": accuracy, "macro_f1": sum(f1s) / len(f1s) if f1s else 0.0, "n": n,
+            "per_label": per_label}
+
+
+def evaluate(model: nn.Module, loader, logits_fn: LogitsFn, accelerator, labels: list[str]) -> dict:
+    """Classification metrics of ``model`` on all examples of ``loader`` (no duplicates under DDP)."""
+    was_training = model.training
+    model.eval()
+    preds, golds = [], []
+    with torch.inference_mode():
+        for batch in loader:
+            with accelerator.autocast():
+                logits = logits_fn(model, batch)  # [B, C]
+            p, y = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"]))
+            preds.append(p.cpu())
+            golds.append(y.cpu())
+    model.train(was_training)
+    return classification_metrics(torch.cat(preds), torch.cat(golds), labels)
