@@ -56,6 +56,26 @@ def collect(runs: Path) -> dict:
     return out
 
 
+def paired_summary(data: dict) -> list[dict]:
+    """Each config against ``current`` on the splits both finished: mean dev accuracy and sign counts."""
+    by = {(r["config"], r["domain"], r["seed"]): r for r in data["runs"]}
+    out = []
+    for config in CONFIGS:
+        if config == "current":
+            continue
+        keys = sorted((d, s) for c, d, s in by if c == config and ("current", d, s) in by)
+        if not keys:
+            continue
+        dev = [(by[(config, *k)]["best_dev_accuracy"], by[("current", *k)]["best_dev_accuracy"]) for k in keys]
+        test = [(by[(config, *k)]["test_accuracy"], by[("current", *k)]["test_accuracy"]) for k in keys]
+        out.append({"config": config, "splits": [f"{d}-{s}" for d, s in keys],
+                    "dev_mean": sum(a for a, _ in dev) / len(dev), "current_dev_mean": sum(b for _, b in dev) / len(dev),
+                    "dev_wins": sum(a > b for a, b in dev), "dev_losses": sum(a < b for a, b in dev),
+                    "test_mean": sum(a for a, _ in test) / len(test),
+                    "current_test_mean": sum(b for _, b in test) / len(test)})
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("what", choices=("run", "collect"))
@@ -67,7 +87,11 @@ def main() -> None:
     if a.what == "run":
         run(a.config, a.data, a.runs, {"PYTHONPATH": a.pythonpath} if a.pythonpath else {})
     else:
-        (OUT / "defaults-dev.json").write_text(json.dumps(collect(a.runs), indent=2) + "\n", encoding="utf-8")
+        data = collect(a.runs)
+        data["paired_with_current"] = paired_summary(data)
+        (OUT / "defaults-dev.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        for row in data["paired_with_current"]:
+            print(json.dumps(row))
 
 
 if __name__ == "__main__":

@@ -160,3 +160,16 @@ def test_meta_learner_with_a_mean_head_feeds_stage_3(tiny_model_dir, tmp_path):
     with pytest.raises(Exception, match="head pooling"):
         finetune(FinetuneConfig(data_dir=str(single), model=str(best), out=str(tmp_path / "ft2"), epochs=1,
                                 head_pooling="cls", head_init="keep"))
+
+
+def test_a_config_saved_before_the_head_settings_means_the_old_head():
+    from metaft.config import FinetuneConfig
+
+    saved = {**FinetuneConfig().to_dict(), "head": "keep"}  # written before head_init / head_pooling existed
+    for name in ("head_init", "head_pooling", "head_learning_rate"):
+        del saved[name]
+    old = FinetuneConfig.from_dict(saved)
+    assert old.head_init == "keep"
+    assert FinetuneConfig(head_init="keep", head_pooling="pooler").changed_from(saved) == {}
+    assert FinetuneConfig(head_init="keep", head_pooling="mean").changed_from(saved) == {
+        "head_pooling": ("pooler", "mean")}

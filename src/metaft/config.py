@@ -39,9 +39,11 @@ class _Config:
 
     def changed_from(self, saved: dict[str, Any], ignored: Collection[str] = ()) -> dict[str, tuple[Any, Any]]:
         """Settings that differ from a saved ``config.json``: {name: (saved, now)}. A setting the saved file
-        lacks (written by a metaft that did not have it yet) counts as its default, so older runs still resume."""
+        lacks (written by a metaft that did not have it yet) counts as what metaft did before it existed
+        (``BEFORE_SETTING``, else its default), so older runs still resume, and only with the same behaviour."""
         defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
                     for f in dataclasses.fields(self)}
+        defaults.update({k: v for k, v in BEFORE_SETTING.items() if k in defaults})
         defaults = json.loads(json.dumps({k: v for k, v in defaults.items() if v is not dataclasses.MISSING}))
         saved = renamed_settings(saved)
         now = json.loads(json.dumps(self.to_dict()))
@@ -65,6 +67,8 @@ class _Config:
 
 
 RENAMED = {"head": "head_init"}  # settings saved under an older name: old -> new
+# what a run saved before these settings existed did (a changed default must not pass for the old behaviour)
+BEFORE_SETTING = {"head_pooling": "pooler", "head_init": "reinit"}
 
 
 def renamed_settings(data: dict[str, Any]) -> dict[str, Any]:
