@@ -19,19 +19,20 @@ if metaft -q report --complete-seeds "$run" > /dev/null 2>&1; then
 fi
 cp "$run/study.json" "$run/config.json" "$dest/"
 python - "$run" "$dest" <<'PY'
-import json, sys, datetime
+import sys, datetime
 from metaft.report import complete_seeds
+from metaft.results import read_study
 run, dest = sys.argv[1:]
-study = json.load(open(f"{run}/study.json"))
-cfg = study["config"]
+study = read_study(f"{run}/study.json")
+cfg = study.config
 variants = 1 + 1 + len(cfg["ablations"])  # baseline, mft, ablations
 planned = len(cfg["seeds"]) * len(cfg["domains"]) * variants
 done_seeds = complete_seeds(study)
-finished = ", ".join(f"{u['variant']}/{u['domain']} (seed {u['seed']})" for u in study["units"]) or "none"
+finished = ", ".join(f"{u.variant}/{u.domain} (seed {u.seed})" for u in study.units) or "none"
 with open(f"{dest}/STATUS.md", "w") as fh:
     fh.write(f"# {cfg['group']} study: snapshot of a study still in progress\n\n"
-             f"Taken {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: {len(study['units'])} of "
-             f"{planned} fine-tuning units and {len(study['meta'])} of "
+             f"Taken {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: {len(study.units)} of "
+             f"{planned} fine-tuning units and {len(study.meta)} of "
              f"{len(cfg['seeds']) * (variants - 1)} meta stages finished; complete seeds: {done_seeds or 'none'}.\n"
              f"Finished fine-tuning units: {finished}.\n"
              + ("The report and plots cover the complete seeds only (study.json holds every finished unit)"

@@ -309,6 +309,7 @@ def run_e2e(cross: Path, sst2: Path, model: str, work: Path, scale: float, pad_t
     """preprocess -> meta-finetune -> finetune (+ test) of the g1 16-42 recipe; a fresh feature cache and a
     fresh copy of the data (so tokenisation and typicality run every time)."""
     from metaft.config import FinetuneConfig, MetaConfig, TypicalityConfig
+    from metaft.results import META_RESULTS, read_meta_result
     from metaft.stages import finetune, meta_finetune
     from metaft.typicality import compute_typicality
 
@@ -339,11 +340,11 @@ def run_e2e(cross: Path, sst2: Path, model: str, work: Path, scale: float, pad_t
             dev_limit=r["ft_limit"], test_limit=r["test_limit"], task_name="sst-2", mixed_precision=mp,
             pad_to_length=pad_to))
         t3 = time.perf_counter()
-        meta = json.loads((work / "meta" / "meta_results.json").read_text())
+        meta = read_meta_result(work / "meta" / META_RESULTS)
         timings = {"total_s": t3 - t0, "preprocess_s": t1 - t0, "meta_finetune_s": t2 - t1, "finetune_s": t3 - t2,
-                   "meta_steps": meta["total_steps"], "finetune_steps": res["total_steps"],
-                   "meta_best_dev_accuracy": meta["best_dev_accuracy"], "test_accuracy": res["test_accuracy"],
-                   "test_n": res["test"]["n"]}
+                   "meta_steps": meta.total_steps, "finetune_steps": res.total_steps,
+                   "meta_best_dev_accuracy": meta.best_dev_accuracy, "test_accuracy": res.test_accuracy,
+                   "test_n": res.test["n"]}
     finally:
         if old_cache is None:
             os.environ.pop("METAFT_CACHE", None)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from metaft import MetaConfig, PrepareConfig, TypicalityConfig, compute_typicality, meta_finetune, prepare
+from metaft.results import META_RESULTS, read_meta_result
 from metaft.study import SEED_RECIPE_META, machine_info
 
 
@@ -39,11 +40,11 @@ def main() -> None:
             t0 = time.perf_counter()
             meta_finetune(MetaConfig(**SEED_RECIPE_META, data_dir=str(cross), out=str(out), seed=seed,
                                      typicality_norm=norm, task_name="g1", resume=out.exists()))
-            res = json.loads((out / "meta_results.json").read_text(encoding="utf-8"))
-            rows.append({"seed": seed, "norm": norm, "best_dev_accuracy": res["best_dev_accuracy"],
-                         "best_step": res["best_step"], "wall_time_s": res.get("wall_time_s")})
-            print(f"seed {seed} norm {norm:12s} best meta dev accuracy {res['best_dev_accuracy']:.4f} "
-                  f"(step {res['best_step']}; this call {time.perf_counter() - t0:.0f} s)", flush=True)
+            res = read_meta_result(out / META_RESULTS)
+            rows.append({"seed": seed, "norm": norm, "best_dev_accuracy": res.best_dev_accuracy,
+                         "best_step": res.best_step, "wall_time_s": res.wall_time_s})
+            print(f"seed {seed} norm {norm:12s} best meta dev accuracy {res.best_dev_accuracy:.4f} "
+                  f"(step {res.best_step}; this call {time.perf_counter() - t0:.0f} s)", flush=True)
             Path(args.out).write_text(json.dumps({"machine": machine_info(), "recipe": SEED_RECIPE_META,
                                                   "rows": rows}, indent=2) + "\n", encoding="utf-8")
     for norm in args.norms:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -60,6 +61,9 @@ def metrics_without_time(run: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]
 
 
-def comparable(results: dict) -> dict:
+def comparable(results) -> dict:
+    """A fine-tuning result (typed, or a results.json read as a dict) without what differs between equal runs."""
+    if dataclasses.is_dataclass(results):
+        results = dataclasses.asdict(results)
     drop = ("timings", "config", "best_model", "resumed_from")
     return {k: v for k, v in results.items() if k not in drop}

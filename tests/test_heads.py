@@ -115,16 +115,16 @@ def test_probe_warm_start_is_a_candidate_at_step_0(tiny_model_dir, single, tmp_p
     # a learning rate so large that fine-tuning wrecks the model: selection must keep the warm start
     r = finetune(ft_config(single, tiny_model_dir, tmp_path / "probe", head_pooling="mean", head_init="probe",
                            learning_rate=0.5, epochs=2, max_grad_norm=0.0))
-    first = r["dev_history"][0]
-    assert first["step"] == 0 and first["dev_accuracy"] == r["head_probe"]["dev_accuracy"] > 0.5  # chance: 1/3
-    assert r["best_step"] == 0 and r["best_dev_accuracy"] == first["dev_accuracy"]
-    assert r["test_accuracy"] > 0.5 and r["head_pooling"] == "mean"
+    first = r.dev_history[0]
+    assert first["step"] == 0 and first["dev_accuracy"] == r.head_probe["dev_accuracy"] > 0.5  # chance: 1/3
+    assert r.best_step == 0 and r.best_dev_accuracy == first["dev_accuracy"]
+    assert r.test_accuracy > 0.5 and r.head_pooling == "mean"
     fresh = finetune(ft_config(single, tiny_model_dir, tmp_path / "reinit", head_pooling="mean", epochs=0.1))
-    assert fresh["dev_history"][0]["step"] == 0 and fresh["dev_history"][0]["dev_accuracy"] < first["dev_accuracy"]
+    assert fresh.dev_history[0]["step"] == 0 and fresh.dev_history[0]["dev_accuracy"] < first["dev_accuracy"]
 
 
 def test_head_learning_rate_lands_in_its_own_optimizer_groups(tiny_model_dir):
-    from metaft.stages import head_parameters
+    from metaft.heads import head_parameters
     from metaft.training import build_optimizer
 
     model = build_classifier(str(tiny_model_dir), ["a", "b"], "mean", 0.1)
@@ -156,7 +156,7 @@ def test_meta_learner_with_a_mean_head_feeds_stage_3(tiny_model_dir, tmp_path):
     single = write_task(tmp_path / "single", n_train=24, n_dev=12, n_test=12, domains=("book",), seed=9)
     r = finetune(FinetuneConfig(data_dir=str(single), model=str(best), out=str(tmp_path / "ft"), epochs=1,
                                 batch_size=8, head_pooling="auto", head_init="keep"))
-    assert r["head_pooling"] == "mean" and r["head"] == "keep"
+    assert r.head_pooling == "mean" and r.head == "keep"
     with pytest.raises(Exception, match="head pooling"):
         finetune(FinetuneConfig(data_dir=str(single), model=str(best), out=str(tmp_path / "ft2"), epochs=1,
                                 head_pooling="cls", head_init="keep"))

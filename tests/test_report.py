@@ -9,6 +9,7 @@ from PIL import Image
 
 from metaft.cli import main
 from metaft.report import summarise, write_report
+from metaft.results import StudyResults, UnitRecord, read_study
 
 DOMAINS = ["SST-2", "MR", "CR"]
 VARIANTS = ["baseline", "mft", "no-typicality"]
@@ -96,7 +97,7 @@ def test_the_frozen_lr_reference_row_compares_the_baseline_with_it(synthetic_run
         diffs = [base[s] - ref[s] for s in SEEDS]
         assert cells[4] == f"baseline {statistics.mean(diffs) * 100:+.2f}"
         assert cells[5] == f"{sum(x > 0 for x in diffs)} / {sum(x < 0 for x in diffs)} / 0"
-    assert "frozen-LR" not in summarise(study)["variants"]  # a reference row, not a variant
+    assert "frozen-LR" not in summarise(read_study(run / "study.json"))["variants"]  # a reference row, not a variant
 
 
 def test_ablations_are_compared_with_full_mft(synthetic_run):
@@ -128,8 +129,7 @@ def test_every_plot_is_a_valid_png(synthetic_run):
 
 
 def test_single_seed_std_is_a_dash():
-    study = {"units": [{"seed": 1, "variant": "baseline", "domain": "A", "test_accuracy": 0.5},
-                       {"seed": 1, "variant": "mft", "domain": "A", "test_accuracy": 0.75}]}
+    study = StudyResults(units=[UnitRecord(1, "baseline", "A", 0.5), UnitRecord(1, "mft", "A", 0.75)])
     rows = summarise(study)["rows"]
     assert rows[0]["std"] is None and rows[1]["delta_mean"] == pytest.approx(0.25)
 

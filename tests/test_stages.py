@@ -89,11 +89,11 @@ def test_meta_finetune_then_finetune_from_the_meta_learner(cross, tiny_model_dir
         out = tmp_path / f"ft-{head}"
         r = finetune(FinetuneConfig(data_dir=str(single), model=str(best), out=str(out), epochs=4, batch_size=8,
                                     learning_rate=1e-3, eval_every=6, head_init=head, seed=1))
-        assert r["test_accuracy"] > 0.6 and r["head"] == head
+        assert r.test_accuracy > 0.6 and r.head == head
         # the saved folder, loaded by a plain transformers pipeline, reproduces the reported test accuracy
         test = read_mft_tsv(single / "test.tsv")
         preds = pipeline("text-classification", model=str(out / "best"))([ex.text for ex in test])
-        assert sum(p["label"] == ex.label for p, ex in zip(preds, test)) / len(test) == r["test_accuracy"]
+        assert sum(p["label"] == ex.label for p, ex in zip(preds, test)) / len(test) == r.test_accuracy
 
 
 @pytest.mark.parametrize("loss", ["grl", "none"])
@@ -138,8 +138,8 @@ def test_real_data_meta_then_sst2(prepared_data, tmp_path):
     res = finetune(FinetuneConfig(data_dir=str(prepared_data / "k-shot-single" / "SST-2" / "16-42"), model=str(best),
                                   out=str(tmp_path / "sst2"), epochs=10, batch_size=8, eval_batch_size=64,
                                   learning_rate=5e-5, eval_every=8, seed=42, test_limit=200))
-    assert res["num_examples"] == {"train": 32, "dev": 32, "test": 200}
-    assert res["test_accuracy"] > 0.6, res
+    assert res.num_examples == {"train": 32, "dev": 32, "test": 200}
+    assert res.test_accuracy > 0.6, res
     clf = pipeline("text-classification", model=str(tmp_path / "sst2" / "best"))
     out = clf(["a gorgeous, witty, seductive movie.", "a dull, lifeless mess."])
     assert {o["label"] for o in out} <= {"0", "1"}

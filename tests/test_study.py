@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -24,20 +25,20 @@ def tiny_study(tiny_model_dir, corpora_root, tmp_path_factory):
 
 def test_study_runs_every_unit_and_writes_report(tiny_study):
     cfg, study = tiny_study
-    units = {(u["variant"], u["domain"]) for u in study["units"]}
+    units = {(u.variant, u.domain) for u in study.units}
     assert units == {(v, d) for v in ("baseline", "mft", "multitask") for d in ("SST-2", "MR", "CR")}
-    assert all(0.0 <= u["test_accuracy"] <= 1.0 for u in study["units"])
-    assert {m["variant"] for m in study["meta"]} == {"mft", "multitask"}
+    assert all(0.0 <= u.test_accuracy <= 1.0 for u in study.units)
+    assert {m.variant for m in study.meta} == {"mft", "multitask"}
     report = (tmp := Path(cfg.out)) / "report.md"
     assert report.is_file() and "| SST-2 | mft |" in report.read_text()
     # the frozen-encoder reference: one logistic regression per seed and domain, a row of its own
-    assert sorted(r["domain"] for r in study["frozen_lr"]) == ["CR", "MR", "SST-2"]
-    assert all(0.0 <= r["test_accuracy"] <= 1.0 and r["C"] > 0 for r in study["frozen_lr"])
+    assert sorted(r.domain for r in study.frozen_lr) == ["CR", "MR", "SST-2"]
+    assert all(0.0 <= r.test_accuracy <= 1.0 and r.C > 0 for r in study.frozen_lr)
     assert "| SST-2 | frozen-LR |" in report.read_text()
     for png in ("accuracy.png", "curves.png", "typicality.png", "pca.png"):
         assert (tmp / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((tmp / "study.json").read_text())
-    assert saved["units"] == study["units"]
+    assert saved["units"] == [dataclasses.asdict(u) for u in study.units]
 
 
 def test_rerun_skips_finished_units_and_force_redoes_them(tiny_study, monkeypatch, caplog):
@@ -52,7 +53,7 @@ def test_rerun_skips_finished_units_and_force_redoes_them(tiny_study, monkeypatc
     monkeypatch.setattr(stages, "meta_finetune", lambda c: calls.append(("meta", c.out)) or real_meta(c))
     again = run_study(cfg)
     assert calls == []
-    assert [u["test_accuracy"] for u in again["units"]] == [u["test_accuracy"] for u in study["units"]]
+    assert [u.test_accuracy for u in again.units] == [u.test_accuracy for u in study.units]
 
     forced = cfg.replace(force=True, ablations=(), seeds=(42,))
     run_study(forced)
@@ -81,8 +82,11 @@ def test_units_in_parallel_workers_give_the_same_study(tiny_study, tmp_path):
     cfg, study = tiny_study
     parallel = run_study(cfg.replace(out=str(tmp_path / "parallel"), jobs=2))
     keep = ("seed", "variant", "domain", "test_accuracy", "test_macro_f1", "dev_accuracy", "path")
-    assert [{k: u[k] for k in keep} for u in parallel["units"]] == [{k: u[k] for k in keep} for u in study["units"]]
-    assert [m["dev_accuracy"] for m in parallel["meta"]] == [m["dev_accuracy"] for m in study["meta"]]
+    def kept(s):
+        return [{k: getattr(u, k) for k in keep} for u in s.units]
+
+    assert kept(parallel) == kept(study)
+    assert [m.dev_accuracy for m in parallel.meta] == [m.dev_accuracy for m in study.meta]
 
 
 def test_rerun_with_other_settings_is_refused(tiny_study):
@@ -97,8 +101,8 @@ def test_rerun_with_other_settings_is_refused(tiny_study):
 
 def test_predict_round_trips_a_saved_model(tiny_study, tmp_path, capsys):
     cfg, study = tiny_study
-    unit = next(u for u in study["units"] if u["variant"] == "mft" and u["domain"] == "SST-2")
-    model_dir = Path(cfg.out) / unit["path"] / "best"
+    unit = next(u for u in study.units if u.variant == "mft" and u.domain == "SST-2")
+    model_dir = Path(cfg.out) / unit.path / "best"
     texts = ["a great movie", "a terrible and boring plot"]
     src = tmp_path / "in.txt"
     src.write_text("\n".join(texts) + "\n", encoding="utf-8")

@@ -156,19 +156,19 @@ def test_finetune_learns_logs_and_keeps_the_best(reference_run):
     from transformers import pipeline
 
     run, res = reference_run
-    assert res["test_accuracy"] > 0.6 and res["best_dev_accuracy"] > 0.6  # chance is 1/3
+    assert res.test_accuracy > 0.6 and res.best_dev_accuracy > 0.6  # chance is 1/3
     rows = metrics_without_time(run)
     train_rows = [r for r in rows if r["kind"] == "train"]
     dev_rows = [r for r in rows if r["kind"] == "dev"]
-    assert len(train_rows) == res["total_steps"] == 60
+    assert len(train_rows) == res.total_steps == 60
     assert {"step", "epoch", "lr", "grad_norm", "loss_cls", "loss_total"} <= set(train_rows[0])
     assert train_rows[-1]["loss_total"] < train_rows[0]["loss_total"]
     assert [r["step"] for r in dev_rows] == list(range(0, 61, 5))  # step 0: the starting model is a candidate
     accs = [r["dev_accuracy"] for r in dev_rows]
     first_best = dev_rows[accs.index(max(accs))]  # ties keep the earlier checkpoint
-    assert res["best_step"] == first_best["step"] and res["best_dev_accuracy"] == max(accs)
+    assert res.best_step == first_best["step"] and res.best_dev_accuracy == max(accs)
     assert {"dev_macro_f1", "best_dev_accuracy", "epoch"} <= set(dev_rows[0])
-    assert sum(c["support"] for c in res["test"]["per_label"].values()) == res["num_examples"]["test"] == 30
+    assert sum(c["support"] for c in res.test["per_label"].values()) == res.num_examples["test"] == 30
     assert not (run / "state").exists()  # dropped once the run is finished
     clf = pipeline("text-classification", model=str(run / "best"))
     assert clf("great good")[0]["label"] in {"neg", "neu", "pos"}
@@ -194,7 +194,7 @@ def test_existing_run_folders_need_force_or_resume(reference_run, tiny_model_dir
     with pytest.raises(ConfigError, match="not a metaft run folder"):
         finetune(cfg.replace(out=str(tmp_path / "other"), force=True))
     forced = finetune(cfg.replace(out=str(unfinished), epochs=1, force=True))
-    assert forced["total_steps"] == 6
+    assert forced.total_steps == 6
 
 
 def test_a_run_written_before_a_setting_existed_still_resumes(reference_run, tiny_model_dir, single, tmp_path):
@@ -230,7 +230,7 @@ def test_compiled_training_uses_few_static_graphs_and_saves_plain_weights(refere
     res = finetune(ft_config(single, tiny_model_dir, tmp_path / "run", compile=True, pad_to_multiple_of=16))
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     assert 1 <= graphs <= 4, graphs  # texts of 4-8 words: widths 16 (32 at most) x (full, short last batch)
-    assert res["best_dev_accuracy"] > 0.6  # chance is 1/3; as the eager reference run
+    assert res.best_dev_accuracy > 0.6  # chance is 1/3; as the eager reference run
     assert weights_of(tmp_path / "run" / "best").keys() == weights_of(reference_run[0] / "best").keys()
 
 
@@ -251,7 +251,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(reference_run, tiny_m
         stages.finetune(cfg)
     monkeypatch.setattr(stages, "ce_loss", real_loss)
     res = stages.finetune(cfg.replace(resume=True))
-    assert res["resumed_from"] == 25
+    assert res.resumed_from == 25
     assert comparable(res) == comparable(ref)
     assert metrics_without_time(tmp_path / "run") == metrics_without_time(ref_run)
     assert same_weights(tmp_path / "run" / "best", ref_run / "best")
@@ -275,7 +275,7 @@ def test_throttled_state_saves_restart_cleanly(reference_run, tiny_model_dir, si
         stages.finetune(cfg)
     monkeypatch.setattr(stages, "ce_loss", real_loss)
     res = stages.finetune(cfg.replace(resume=True, save_state_every_s=0))  # may change on resume
-    assert res["resumed_from"] is None
+    assert res.resumed_from is None
     assert comparable(res) == comparable(reference_run[1])
 
 

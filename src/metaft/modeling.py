@@ -20,7 +20,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .fileio import recover_folder
-from .heads import build_classifier, is_pooled_folder, save_classifier
+from .heads import build_classifier, classification_head, is_pooled_folder, save_classifier
 from .hub import from_pretrained, resolve_model
 from .losses import grad_reverse
 from .pooling import masked_mean
@@ -157,24 +157,32 @@ def folder_labels(folder: str | Path) -> list[str]:
 
 def _load_sequence_classifier(source: str, labels: list[str], dropout: float | None, trust_remote_code: bool,
                               ignore_mismatched_sizes: bool = False):
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     path = resolve_model(source)
     kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
               "label2id": {lab: i for i, lab in enumerate(labels)}}
-    if dropout is not None:
-        kwargs["classifier_dropout"] = dropout
     try:
-        return from_pretrained(AutoModelForSequenceClassification, path, trust_remote_code,
-                               ignore_mismatched_sizes=ignore_mismatched_sizes, **kwargs)
+        # a config without the setting (MPNet's) would pass it on to the model class, which refuses it
+        if dropout is not None and hasattr(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code),
+                                           "classifier_dropout"):
+            kwargs["classifier_dropout"] = dropout
+        model = from_pretrained(AutoModelForSequenceClassification, path, trust_remote_code,
+                                ignore_mismatched_sizes=ignore_mismatched_sizes, **kwargs)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{source}: cannot load model ({exc})") from None
+    if dropout is not None:
+        set_head_dropout(model, dropout)
+    return model
 
 
-def classification_head(model: nn.Module) -> list[nn.Module]:
-    """The modules of a sequence classifier outside its encoder (e.g. BERT's ``classifier``)."""
-    prefix = model.base_model_prefix
-    return [m for name, m in model.named_children() if name != prefix and any(True for _ in m.parameters())]
+def set_head_dropout(model: nn.Module, p: float) -> None:
+    """Dropout ``p`` inside the classification head too: some heads (MPNet's) ignore ``classifier_dropout``
+    and use ``hidden_dropout_prob``; BERT's head dropout sits outside it and already follows the config."""
+    for head in classification_head(model):
+        for m in head.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = p
 
 
 def reinit_head(model: nn.Module, generator: torch.Generator) -> None:

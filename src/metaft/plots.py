@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .fileio import atomic_path
+from .results import StudyResults
 
 logger = logging.getLogger(__name__)
 
@@ -72,20 +73,20 @@ def read_dev_curve(metrics_path: Path) -> tuple[list[int], list[float]]:
     return steps, accs
 
 
-def curves_plot(path: Path, run_dir: Path, study: dict) -> bool:
+def curves_plot(path: Path, run_dir: Path, study: StudyResults) -> bool:
     plt = _pyplot()
     fig, (ax_meta, ax_ft) = plt.subplots(1, 2, figsize=(11, 4))
     colours: dict[str, str] = {}
     drawn = False
-    for ax, records in ((ax_meta, study.get("meta", [])), (ax_ft, study["units"])):
+    for ax, records in ((ax_meta, study.meta), (ax_ft, study.units)):
         labelled = set()
         for rec in records:
-            steps, accs = read_dev_curve(run_dir / rec["path"] / "metrics.jsonl")
+            steps, accs = read_dev_curve(run_dir / rec.path / "metrics.jsonl")
             if not steps:
                 continue
-            colour = colours.setdefault(rec["variant"], f"C{len(colours) % 10}")
-            label = rec["variant"] if rec["variant"] not in labelled else None
-            labelled.add(rec["variant"])
+            colour = colours.setdefault(rec.variant, f"C{len(colours) % 10}")
+            label = rec.variant if rec.variant not in labelled else None
+            labelled.add(rec.variant)
             ax.plot(steps, accs, color=colour, alpha=0.6, lw=1, label=label)
             drawn = True
         ax.set_xlabel("step")
@@ -110,10 +111,10 @@ def read_typicality(path: Path) -> dict[str, list[float]]:
     return dict(by_domain)
 
 
-def typicality_plot(path: Path, run_dir: Path, study: dict) -> bool:
+def typicality_plot(path: Path, run_dir: Path, study: StudyResults) -> bool:
     by_domain: dict[str, list[float]] = defaultdict(list)
-    for rec in study.get("typicality", []):
-        tsv = run_dir / rec["path"]
+    for rec in study.typicality:
+        tsv = run_dir / rec.path
         if tsv.is_file():
             for d, vals in read_typicality(tsv).items():
                 by_domain[d] += vals
@@ -134,11 +135,11 @@ def typicality_plot(path: Path, run_dir: Path, study: dict) -> bool:
     return True
 
 
-def pca_plot(path: Path, run_dir: Path, study: dict) -> bool:
-    recs = [r for r in study.get("pca", []) if (run_dir / r["path"]).is_file()]
+def pca_plot(path: Path, run_dir: Path, study: StudyResults) -> bool:
+    recs = [r for r in study.pca if (run_dir / r.path).is_file()]
     if not recs:
         return False
-    data = json.loads((run_dir / recs[0]["path"]).read_text(encoding="utf-8"))
+    data = json.loads((run_dir / recs[0].path).read_text(encoding="utf-8"))
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
     domains = data["domains"]
@@ -150,13 +151,13 @@ def pca_plot(path: Path, run_dir: Path, study: dict) -> bool:
         sil = data.get(f"{key}_domain_separation")
         ax.set_title(title + (f"\nnearest-centroid domain accuracy {sil:.2f}" if sil is not None else ""), fontsize=10)
         ax.legend(fontsize=8)
-    fig.suptitle(f"PCA of sentence embeddings (masked mean), seed {recs[0]['seed']}, coloured by domain", y=1.04)
+    fig.suptitle(f"PCA of sentence embeddings (masked mean), seed {recs[0].seed}, coloured by domain", y=1.04)
     _save(fig, path)
     plt.close(fig)
     return True
 
 
-def make_plots(run_dir: Path, study: dict, summary: dict) -> list[str]:
+def make_plots(run_dir: Path, study: StudyResults, summary: dict) -> list[str]:
     """Write every plot the study has data for; returns their file names (relative to ``run_dir``)."""
     written = []
     accuracy_plot(run_dir / "accuracy.png", summary)

@@ -138,7 +138,7 @@ class CorpusSpec:
     """A named domain: how to read it and where its test set comes from.
 
     ``test_files`` is an official test set (the pool is ``files`` minus any test text); without one,
-    ``holdout`` examples of ``files`` are held out once with a fixed seed (see :mod:`metaft.splits`).
+    ``holdout`` examples of ``files`` are held out once with a fixed seed (see :mod:`metaft.domains`).
     """
 
     name: str

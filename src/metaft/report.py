@@ -8,19 +8,18 @@ also compared with full MFT the same way, which is what says whether the part it
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from .errors import DataError
 from .fileio import write_text
+from .results import BASELINE, MFT, STUDY_FILE, StudyResults, UnitRecord, read_study
 
 logger = logging.getLogger(__name__)
 
-BASELINE = "baseline"
-MFT = "mft"
 FROZEN_LR = "frozen-LR"  # reference row: logistic regression on frozen embeddings (trains no encoder)
 PLOTS = ("accuracy.png", "curves.png", "typicality.png", "pca.png")
 
@@ -43,8 +42,8 @@ def _ordered(items) -> list:
     return list(dict.fromkeys(items))
 
 
-def variants_of(units: list[dict]) -> list[str]:
-    found = _ordered(u["variant"] for u in units)
+def variants_of(units: list[UnitRecord]) -> list[str]:
+    found = _ordered(u.variant for u in units)
     return sorted(found, key=lambda v: (v != BASELINE, v != MFT, found.index(v)))
 
 
@@ -57,34 +56,27 @@ def paired(per_seed: dict[int, float], reference: dict[int, float]) -> dict[str,
             "losses": sum(x < 0 for x in diffs), "ties": sum(x == 0 for x in diffs)}
 
 
-def complete_seeds(study: dict) -> list[int]:
+def complete_seeds(study: StudyResults) -> list[int]:
     """Seeds with a result for every planned (variant, domain) fine-tuning unit of the study."""
-    cfg = study.get("config", {})
+    cfg = study.config
     planned = {(v, d) for v in (BASELINE, MFT, *cfg.get("ablations", [])) for d in cfg.get("domains", [])}
     have: dict[int, set] = defaultdict(set)
-    for u in study["units"]:
-        have[u["seed"]].add((u["variant"], u["domain"]))
+    for u in study.units:
+        have[u.seed].add((u.variant, u.domain))
     return sorted(s for s, got in have.items() if planned <= got)
 
 
-def only_seeds(study: dict, seeds: list[int]) -> dict:
-    """The study restricted to ``seeds`` (units, meta stages, typicality, PCA)."""
-    keep = set(seeds)
-    return {**study, **{k: [x for x in study.get(k, []) if x["seed"] in keep]
-                        for k in ("units", "meta", "typicality", "pca")}}
-
-
-def summarise(study: dict) -> dict[str, Any]:
+def summarise(study: StudyResults) -> dict[str, Any]:
     """Per domain and variant: per-seed test accuracies, mean, std and the paired differences to the baseline
     (keys ``delta_mean``, ``wins``, ``losses``, ``ties``) and, for ablations, to full MFT (``vs_mft``)."""
     acc: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
-    for u in study["units"]:
-        acc[(u["domain"], u["variant"])][u["seed"]] = u["test_accuracy"]
-    domains = _ordered(u["domain"] for u in study["units"])
+    for u in study.units:
+        acc[(u.domain, u.variant)][u.seed] = u.test_accuracy
+    domains = _ordered(u.domain for u in study.units)
     rows = []
     for d in domains:
         base, mft = acc.get((d, BASELINE), {}), acc.get((d, MFT), {})
-        for v in variants_of(study["units"]):
+        for v in variants_of(study.units):
             per_seed = dict(sorted(acc.get((d, v), {}).items()))
             if not per_seed:
                 continue
@@ -96,13 +88,13 @@ def summarise(study: dict) -> dict[str, Any]:
                 row["vs_mft"] = vs_mft
             rows.append(row)
         rows += reference_rows(study, d, base)
-    return {"domains": domains, "variants": variants_of(study["units"]), "rows": rows}
+    return {"domains": domains, "variants": variants_of(study.units), "rows": rows}
 
 
-def reference_rows(study: dict, domain: str, base: dict[int, float]) -> list[dict]:
+def reference_rows(study: StudyResults, domain: str, base: dict[int, float]) -> list[dict]:
     """The frozen-LR reference row of ``domain`` (seeds that have a baseline result, when there are any),
     with the baseline's paired difference to it in ``baseline_minus``."""
-    per_seed = {r["seed"]: r["test_accuracy"] for r in study.get("frozen_lr", []) if r["domain"] == domain}
+    per_seed = {r.seed: r.test_accuracy for r in study.frozen_lr if r.domain == domain}
     per_seed = dict(sorted((s, a) for s, a in per_seed.items() if not base or s in base))
     if not per_seed:
         return []
@@ -153,10 +145,10 @@ def console_table(summary: dict) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head] + body)
 
 
-def meta_table(study: dict) -> list[str]:
+def meta_table(study: StudyResults) -> list[str]:
     by_variant: dict[str, dict[int, float]] = defaultdict(dict)
-    for m in study.get("meta", []):
-        by_variant[m["variant"]][m["seed"]] = m["dev_accuracy"]
+    for m in study.meta:
+        by_variant[m.variant][m.seed] = m.dev_accuracy
     if not by_variant:
         return []
     lines = ["| variant | meta-stage dev accuracy % (mean ± std) | per seed |", "|---|---|---|"]
@@ -166,23 +158,22 @@ def meta_table(study: dict) -> list[str]:
     return lines
 
 
-def time_table(study: dict) -> list[str]:
+def time_table(study: StudyResults) -> list[str]:
     totals: dict[str, float] = defaultdict(float)
-    for t in study.get("typicality", []):
-        totals["1 typicality"] += t.get("wall_time_s", 0.0)
-    for m in study.get("meta", []):
-        totals[f"2 meta-finetune ({m['variant']})"] += m.get("wall_time_s", 0.0)
-    for u in study["units"]:
-        totals[f"3 finetune ({u['variant']})"] += u.get("wall_time_s", 0.0)
+    for t in study.typicality:
+        totals["1 typicality"] += t.wall_time_s
+    for m in study.meta:
+        totals[f"2 meta-finetune ({m.variant})"] += m.wall_time_s
+    for u in study.units:
+        totals[f"3 finetune ({u.variant})"] += u.wall_time_s
     lines = ["| stage | wall time, all seeds and domains (s) |", "|---|---|"]
     lines += [f"| {k[2:]} | {v:.0f} |" for k, v in sorted(totals.items())]
     return lines
 
 
-def _one_seed_caveat(study: dict) -> str | None:
+def _one_seed_caveat(study: StudyResults) -> str | None:
     """With one seed there is no spread over seeds; say how large the test sets' own sampling error is."""
-    errors = [math.sqrt(u["test_accuracy"] * (1 - u["test_accuracy"]) / u["test_n"])
-              for u in study["units"] if u.get("test_n")]
+    errors = [math.sqrt(u.test_accuracy * (1 - u.test_accuracy) / u.test_n) for u in study.units if u.test_n]
     if not errors:
         return None
     lo, hi = 100 * min(errors), 100 * max(errors)
@@ -191,23 +182,23 @@ def _one_seed_caveat(study: dict) -> str | None:
             "error at its test-set size); a difference of less than about twice that is not evidence either way.")
 
 
-def render(study: dict, summary: dict, plots: list[str]) -> str:
-    cfg = study.get("config", {})
-    seeds = _ordered(u["seed"] for u in study["units"])
+def render(study: StudyResults, summary: dict, plots: list[str]) -> str:
+    cfg = study.config
+    seeds = _ordered(u.seed for u in study.units)
     k = cfg.get("k", "?")
     parts = [
         "# metaft study report", "",
         f"- group: **{cfg.get('group') or ', '.join(summary['domains'])}**, K = {'full' if k is None else k}, "
         f"seeds: {', '.join(map(str, seeds))}, model: `{cfg.get('model', '?')}`",
-        f"- machine: {study.get('machine', {}).get('description', 'unknown')}",
-        *([f"- **{study['note']}**"] if study.get("note") else []),
-        f"- hyper-parameters: {study.get('hyperparameter_note', 'see config.json')}",
+        f"- machine: {study.machine.get('description', 'unknown')}",
+        *([f"- **{study.note}**"] if study.note else []),
+        f"- hyper-parameters: {study.hyperparameter_note or 'see config.json'}",
         "- accuracy: test set of each domain, checkpoint selected on that domain's dev set; mean ± sample std "
         "(ddof = 1) over seeds; Δ = mean paired difference to the baseline (same seed and splits).",
         *([f"- {FROZEN_LR} (reference, trains no encoder): logistic regression on the frozen encoder's "
            "mean-pooled, L2-normalised embeddings of each domain's train split, C chosen on dev; its Δ column is "
            "the baseline minus it, its sign counts the seeds where the baseline is above / below / equal."]
-          if study.get("frozen_lr") else []), "",
+          if study.frozen_lr else []), "",
         "## Per-domain test accuracy", "", *domain_table(summary), "",
     ]
     verdicts = [r for r in summary["rows"] if r["variant"] == MFT and "delta_mean" in r]
@@ -234,25 +225,19 @@ def render(study: dict, summary: dict, plots: list[str]) -> str:
 def write_report(run_dir: str | Path, complete_only: bool = False) -> Path:
     """Rebuild ``report.md`` and the plots of a study folder from its ``study.json``; ``complete_only``: only
     the seeds whose every unit has finished (an interim report of a study still running)."""
-    from .errors import DataError
     from .plots import make_plots
 
     run_dir = Path(run_dir)
-    path = run_dir / "study.json"
-    try:
-        study = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(path, "no study.json here: run `metaft run` first") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(path, f"not valid JSON ({exc.msg})", exc.lineno) from None
+    path = run_dir / STUDY_FILE
+    study = read_study(path)
     if complete_only:
-        seeds, planned = complete_seeds(study), study.get("config", {}).get("seeds", [])
-        left_out = len(study["units"]) - len(only_seeds(study, seeds)["units"])
-        study = only_seeds(study, seeds)
+        seeds, planned = complete_seeds(study), study.config.get("seeds", [])
+        left_out = len(study.units) - len(study.only_seeds(seeds).units)
+        study = study.only_seeds(seeds)
         if left_out or len(seeds) < len(planned):
-            study["note"] = (f"interim report: the {len(seeds)} complete seeds of {len(planned) or '?'} planned "
+            study.note = (f"interim report: the {len(seeds)} complete seeds of {len(planned) or '?'} planned "
                              f"({left_out} finished units of unfinished seeds left out)")
-    if not study.get("units"):
+    if not study.units:
         raise DataError(path, "the study has no finished fine-tuning results yet"
                         + (" for a complete seed" if complete_only else ""))
     summary = summarise(study)

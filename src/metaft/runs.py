@@ -15,8 +15,8 @@ from pathlib import Path
 from .checkpoints import METRICS_FILE, STATE_DIR
 from .devices import process_state
 from .errors import ConfigError
-from .fileio import write_json
 from .locking import LOCK_FILE
+from .results import FinetuneResult, MetaResult, write_result
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +80,14 @@ def start_run(run_dir: Path, cfg, status: str) -> None:
     state.wait_for_everyone()
 
 
-def finish_run(run_dir: Path, results_file: str, results: dict, stale: Sequence[Path] = ()) -> None:
+def finish_run(run_dir: Path, results_file: str, results: MetaResult | FinetuneResult,
+               stale: Sequence[Path] = ()) -> None:
     """Write the results file (atomically; it marks the run finished) and drop the training state."""
     state = process_state()
     if state.is_main_process:
         for path in stale:
             shutil.rmtree(path, ignore_errors=True)
-        write_json(run_dir / results_file, results)
+        write_result(run_dir / results_file, results)
         shutil.rmtree(run_dir / STATE_DIR, ignore_errors=True)  # finished: nothing left to resume
     state.wait_for_everyone()
 

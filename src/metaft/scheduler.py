@@ -16,13 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from .config import FinetuneConfig, MetaConfig
-from .fileio import read_json
-from .report import BASELINE
+from .results import (
+    BASELINE,
+    META_RESULTS,
+    RESULTS,
+    FinetuneResult,
+    MetaResult,
+    read_finetune_result,
+    read_meta_result,
+)
 
 logger = logging.getLogger(__name__)
 
 # ``cfg`` below is the study's StudyConfig (force, jobs, model, meta and finetune settings)
-RunUnit = Callable[[Any, "Unit", str, str], dict]  # (study config, unit, model, group) -> results
+RunUnit = Callable[[Any, "Unit", str, str], Any]  # (study config, unit, model, group) -> its results
 
 
 @dataclass(frozen=True)
@@ -46,17 +53,21 @@ class Unit:
 
     @property
     def results_file(self) -> Path:
-        return self.out / ("results.json" if self.domain else "meta_results.json")
+        return self.out / (RESULTS if self.domain else META_RESULTS)
+
+    def results(self) -> MetaResult | FinetuneResult | None:
+        """The unit's results file, read (None while it has none)."""
+        return read_meta_result(self.results_file) if self.domain is None else read_finetune_result(self.results_file)
 
 
-def finished_results(cfg, unit: Unit) -> dict | None:
+def finished_results(cfg, unit: Unit) -> MetaResult | FinetuneResult | None:
     """The results of a finished unit (None if it has none yet, or under ``force``)."""
-    return None if cfg.force else read_json(unit.results_file)
+    return None if cfg.force else unit.results()
 
 
-def meta_snapshot(meta_unit: Unit, results: dict) -> str:
+def meta_snapshot(meta_unit: Unit, results: MetaResult) -> str:
     """The best meta-learner folder of a finished meta stage (what its fine-tuning runs start from)."""
-    return str((meta_unit.out / results["best_model_name"]).resolve())
+    return str((meta_unit.out / results.best_model_name).resolve())
 
 
 def resolve_jobs(jobs: int) -> int:
@@ -103,7 +114,8 @@ def execute(cfg, plan: list[Unit], group: str, on_done, run_unit: RunUnit) -> No
     """Run the unfinished units of ``plan``, ``resolve_jobs(cfg.jobs)`` at a time in worker processes,
     each as soon as the meta stage it starts from is done: ``run_unit(cfg, unit, model, group)`` (a module-level
     function, so worker processes can import it) trains one unit and returns its results; ``on_done(unit,
-    results)`` is called as each one completes. Finished units are not rerun (they are reported first, in plan order)."""
+    results)`` is called as each one completes. Finished units are not rerun (they are reported first, in plan
+    order)."""
     snapshots: dict[tuple, str] = {}  # meta stages done: key -> best meta-learner folder
     # units run by this call; the estimate: work left / (work done per second a worker was busy x workers)
     progress = {"done": 0, "start": time.monotonic(), "work_done": 0.0, "busy_s": 0.0, "jobs": 1}
@@ -112,7 +124,7 @@ def execute(cfg, plan: list[Unit], group: str, on_done, run_unit: RunUnit) -> No
     def model_for(unit: Unit) -> str:
         return cfg.model if unit.needs is None else snapshots[unit.needs]
 
-    def finish(unit: Unit, res: dict, busy_s: float | None = None) -> None:
+    def finish(unit: Unit, res: MetaResult | FinetuneResult, busy_s: float | None = None) -> None:
         if unit.domain is None:
             snapshots[unit.key] = meta_snapshot(unit, res)
         on_done(unit, res)

@@ -1,4 +1,4 @@
-"""Stages 2 and 3 as functions: ``meta_finetune(MetaConfig) -> Path`` and ``finetune(FinetuneConfig) -> dict``.
+"""Stages 2 and 3 as functions: ``meta_finetune(MetaConfig) -> Path``, ``finetune(FinetuneConfig) -> FinetuneResult``.
 
 Both read prepared folders (``train.tsv``, ``dev.tsv``[, ``test.tsv``]), train with the one loop of
 :mod:`metaft.training` and write a run folder: ``config.json``, ``metrics.jsonl``, the best checkpoint
@@ -7,7 +7,6 @@ Both read prepared folders (``train.tsv``, ``dev.tsv``[, ``test.tsv``]), train w
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -19,20 +18,20 @@ from .devices import make_accelerator, process_state
 from .evaluation import evaluate
 from .features import EncodedDataset, eval_loader
 from .fileio import recover_folder
-from .heads import resolve_pooling, save_classifier
+from .heads import head_parameters, resolve_pooling, save_classifier
 from .hub import from_pretrained, load_tokenizer, usable_max_length
 from .locking import run_lock
 from .losses import grl_coefficient, mft_loss, weighted_cross_entropy
-from .modeling import MODEL_INPUT_KEYS, MetaLearner, classification_head, load_classifier
+from .modeling import MODEL_INPUT_KEYS, MetaLearner, load_classifier
 from .prepared import domain_splits, label_set, read_split, task_name_for
+from .results import META_RESULTS, RESULTS, FinetuneResult, MetaResult, read_finetune_result, read_meta_result
 from .runs import finish_run, open_run, start_run
 from .training import LoopTask, planned_steps, seeded, step_generator, train
 from .typicality import typicality_weights
+from .warmstart import probe_warm_start
 
 logger = logging.getLogger(__name__)
 
-META_RESULTS = "meta_results.json"
-RESULTS = "results.json"
 SNAPSHOT_PREFIX = "snapshot_best_mft_model_"
 
 
@@ -58,17 +57,10 @@ def _meta_loss_fn(cfg: MetaConfig, total_steps: int):
     return loss_fn
 
 
-def head_parameters(classifier) -> list:
-    """The parameters of a sequence classifier's head (trained at ``head_learning_rate``)."""
-    return [p for module in classification_head(classifier) for p in module.parameters()]
-
-
 def warm_start(cfg, classifier, train_set: EncodedDataset, dev_set: EncodedDataset) -> dict | None:
-    """``head_init probe``: fit the fresh head on the frozen features first (see :mod:`metaft.probe`)."""
+    """``head_init probe``: fit the fresh head on the frozen features first (see :mod:`metaft.warmstart`)."""
     if cfg.head_init != "probe":
         return None
-    from .probe import probe_warm_start
-
     return probe_warm_start(classifier, train_set, dev_set, cfg.eval_batch_size)
 
 
@@ -85,7 +77,7 @@ def _meta_finetune(cfg: MetaConfig) -> Path:
     status = open_run(run_dir, cfg, META_RESULTS)
     if status == "done":
         logger.info("%s is finished already", run_dir)
-        return run_dir / json.loads((run_dir / META_RESULTS).read_text(encoding="utf-8"))["best_model_name"]
+        return run_dir / read_meta_result(run_dir / META_RESULTS).best_model_name
     data_dir = Path(cfg.data_dir)
     train_ex = read_split(data_dir, "train", cfg.train_limit, "--train-limit/--train_example_num")
     dev_ex = read_split(data_dir, "dev", cfg.dev_limit, "--dev-limit/--dev_example_num")
@@ -115,14 +107,14 @@ def _meta_finetune(cfg: MetaConfig) -> Path:
     )
     result = train(loop_task, cfg, run_dir, resume=status == "resume")
     stale = [p for p in run_dir.glob(f"{SNAPSHOT_PREFIX}*") if p.name != result.best_dir.name]  # killed runs
-    finish_run(run_dir, META_RESULTS, {
-        "task": task, "best_dev_accuracy": result.best_accuracy, "best_dev_macro_f1": result.best_dev["macro_f1"],
-        "best_step": result.best_step, "total_steps": result.total_steps, "best_model": str(result.best_dir),
-        "best_model_name": result.best_dir.name, "wall_time_s": round(result.wall_time_s, 3),
-        "resumed_from": result.resumed_from, "labels": labels, "domains": domains,
-        "num_examples": {"train": len(train_ex), "dev": len(dev_ex)}, "model": cfg.model, "seed": cfg.seed,
-        "head_pooling": pooling, "head_probe": probe, "dev_history": result.history, "config": cfg.to_dict(),
-    }, stale)
+    finish_run(run_dir, META_RESULTS, MetaResult(
+        task=task, best_dev_accuracy=result.best_accuracy, best_dev_macro_f1=result.best_dev["macro_f1"],
+        best_step=result.best_step, total_steps=result.total_steps, best_model=str(result.best_dir),
+        best_model_name=result.best_dir.name, wall_time_s=round(result.wall_time_s, 3),
+        resumed_from=result.resumed_from, labels=labels, domains=domains,
+        num_examples={"train": len(train_ex), "dev": len(dev_ex)}, model=cfg.model, seed=cfg.seed,
+        dev_history=result.history, config=cfg.to_dict(), head_pooling=pooling, head_probe=probe,
+    ), stale)
     return result.best_dir
 
 
@@ -141,20 +133,20 @@ def _test(best_dir: Path, test_set: EncodedDataset, cfg: FinetuneConfig, labels:
     return evaluate(model, loader, hf_logits, accelerator, labels)
 
 
-def finetune(cfg: FinetuneConfig) -> dict:
+def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     """Stage 3: fine-tune ``cfg.model`` (a meta-learner folder or any checkpoint) on one domain; test the
-    best-dev checkpoint. Returns (and writes to ``results.json``) the results."""
+    best-dev checkpoint. Returns (and writes to ``results.json``) its results."""
     with run_lock(cfg.out, process_state().is_main_process):
         return _finetune(cfg)
 
 
-def _finetune(cfg: FinetuneConfig) -> dict:
+def _finetune(cfg: FinetuneConfig) -> FinetuneResult:
     t_start = time.monotonic()
     run_dir = Path(cfg.out)
     status = open_run(run_dir, cfg, RESULTS)
     if status == "done":
         logger.info("%s is finished already", run_dir)
-        return json.loads((run_dir / RESULTS).read_text(encoding="utf-8"))
+        return read_finetune_result(run_dir / RESULTS)
     data_dir = Path(cfg.data_dir)
     splits = domain_splits(cfg, data_dir)
     labels = label_set(data_dir, splits["train"], {k: v for k, v in splits.items() if k != "train"})
@@ -180,16 +172,17 @@ def _finetune(cfg: FinetuneConfig) -> dict:
     t0 = time.monotonic()
     test = _test(result.best_dir, sets["test"], cfg, labels) if "test" in sets else None
     eval_s = time.monotonic() - t0
-    results = {
-        "task": cfg.task_name or task_name_for(data_dir), "domain": splits["train"][0].domain,
-        "model": cfg.model, "head": cfg.head_init, "head_pooling": pooling, "head_probe": probe, "seed": cfg.seed,
-        "test_accuracy": test["accuracy"] if test else None, "test_macro_f1": test["macro_f1"] if test else None,
-        "test": test, "best_dev_accuracy": result.best_accuracy, "best_dev_macro_f1": result.best_dev["macro_f1"],
-        "best_step": result.best_step, "total_steps": result.total_steps, "best_model": str(result.best_dir),
-        "labels": labels, "num_examples": {k: len(v) for k, v in splits.items()},
-        "timings": {"train_s": round(result.wall_time_s, 3), "eval_s": round(eval_s, 3),
-                    "total_s": round(time.monotonic() - t_start, 3)},
-        "resumed_from": result.resumed_from, "dev_history": result.history, "config": cfg.to_dict(),
-    }
+    results = FinetuneResult(
+        task=cfg.task_name or task_name_for(data_dir), domain=splits["train"][0].domain,
+        model=cfg.model, head=cfg.head_init, seed=cfg.seed,
+        test_accuracy=test["accuracy"] if test else None, test_macro_f1=test["macro_f1"] if test else None,
+        test=test, best_dev_accuracy=result.best_accuracy, best_dev_macro_f1=result.best_dev["macro_f1"],
+        best_step=result.best_step, total_steps=result.total_steps, best_model=str(result.best_dir),
+        labels=labels, num_examples={k: len(v) for k, v in splits.items()},
+        timings={"train_s": round(result.wall_time_s, 3), "eval_s": round(eval_s, 3),
+                 "total_s": round(time.monotonic() - t_start, 3)},
+        resumed_from=result.resumed_from, dev_history=result.history, config=cfg.to_dict(),
+        head_pooling=pooling, head_probe=probe,
+    )
     finish_run(run_dir, RESULTS, results)
     return results

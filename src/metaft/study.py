@@ -37,10 +37,23 @@ from .config import (
     parse_k,
 )
 from .errors import ConfigError
-from .fileio import read_json, write_json
+from .fileio import read_json
 from .hub import DEFAULT_MODEL
 from .locking import run_lock
-from .report import BASELINE
+from .results import (
+    BASELINE,
+    STUDY_FILE,
+    FinetuneResult,
+    FrozenLRRecord,
+    MetaRecord,
+    MetaResult,
+    PcaRecord,
+    StudyResults,
+    TypicalityRecord,
+    UnitRecord,
+    from_dict,
+    write_study,
+)
 from .scheduler import Unit, execute, finished_results, meta_snapshot
 
 logger = logging.getLogger(__name__)
@@ -132,14 +145,18 @@ def _typicality(cfg: StudyConfig, cross: Path) -> float:
     return time.perf_counter() - t0
 
 
-def _unit_record(seed: int, variant: str, domain: str, result: dict, path: Path, run: Path) -> dict:
-    test = result["test"]
-    return {"seed": seed, "variant": variant, "domain": domain, "test_accuracy": test["accuracy"],
-            "test_macro_f1": test["macro_f1"], "test_n": test["n"], "dev_accuracy": result["best_dev_accuracy"],
-            "wall_time_s": result.get("timings", {}).get("total_s", 0.0), "path": str(path.relative_to(run))}
+def _unit_record(unit: Unit, result: FinetuneResult, run: Path) -> UnitRecord:
+    test = result.test
+    return UnitRecord(unit.seed, unit.variant, unit.domain, test["accuracy"], test["macro_f1"], test["n"],
+                      result.best_dev_accuracy, result.timings.get("total_s", 0.0), str(unit.out.relative_to(run)))
 
 
-def run_study(cfg: StudyConfig) -> dict:
+def _meta_record(unit: Unit, result: MetaResult, run: Path) -> MetaRecord:
+    return MetaRecord(unit.seed, unit.variant, result.best_dev_accuracy, result.wall_time_s,
+                      str(unit.out.relative_to(run)))
+
+
+def run_study(cfg: StudyConfig) -> StudyResults:
     """Run (or resume) the study; writes ``study.json`` after every unit and ``report.md`` at the end."""
     with run_lock(cfg.out):
         return _run_study(cfg)
@@ -169,8 +186,8 @@ def plan_units(cfg: StudyConfig, run: Path, group: str, domains: list[str]) -> l
     return units
 
 
-def run_unit(cfg: StudyConfig, unit: Unit, model: str, group: str) -> dict:
-    """Run one unit unless it is finished (in this process or a worker); returns its results file's content."""
+def run_unit(cfg: StudyConfig, unit: Unit, model: str, group: str) -> MetaResult | FinetuneResult:
+    """Run one unit unless it is finished (in this process or a worker); returns its results."""
     from .stages import finetune, meta_finetune
 
     done = finished_results(cfg, unit)
@@ -185,41 +202,38 @@ def run_unit(cfg: StudyConfig, unit: Unit, model: str, group: str) -> dict:
     else:
         logger.info("seed %s: finetune %s on %s", unit.seed, unit.variant, unit.domain)
         finetune(FinetuneConfig(**cfg.finetune, model=model, **common))
-    return read_json(unit.results_file)
+    return unit.results()
 
 
-def _run_study(cfg: StudyConfig) -> dict:
+def _run_study(cfg: StudyConfig) -> StudyResults:
     from .report import write_report
 
     run = Path(cfg.out)
     _check_same_study(run, cfg)
     cfg.save(run / "config.json")
     group, domains = _prepare(cfg, run)
-    study: dict[str, Any] = {"config": {**cfg.to_dict(), "group": group, "domains": domains},
-                             "machine": machine_info(), "hyperparameter_note": hyperparameter_note(cfg),
-                             "typicality": [], "meta": [], "units": [], "pca": []}
+    study = StudyResults(config={**cfg.to_dict(), "group": group, "domains": domains}, machine=machine_info(),
+                         hyperparameter_note=hyperparameter_note(cfg))
     for seed in cfg.seeds:
         cross = _data_dir(cfg, run, "k-shot-cross", group, seed)
         seconds = _typicality(cfg, cross)
-        study["typicality"].append({"seed": seed, "path": str((cross / "typicality.tsv").relative_to(run)),
-                                    "wall_time_s": seconds})
-    study["frozen_lr"] = _frozen_lr(cfg, run, domains)
+        study.typicality.append(TypicalityRecord(seed, str((cross / "typicality.tsv").relative_to(run)), seconds))
+    study.frozen_lr = _frozen_lr(cfg, run, domains)
     plan = plan_units(cfg, run, group, domains)
-    metas: dict[tuple, dict] = {}
-    units: dict[tuple, dict] = {}
+    metas: dict[tuple, MetaRecord] = {}
+    units: dict[tuple, UnitRecord] = {}
     mft_snapshots: dict[int, str] = {}  # seed -> MFT meta-learner (for the PCA plot)
 
-    def on_done(unit: Unit, res: dict) -> None:
+    def on_done(unit: Unit, res: MetaResult | FinetuneResult) -> None:
         if unit.domain is None:
-            metas[unit.key] = {"seed": unit.seed, "variant": unit.variant, "dev_accuracy": res["best_dev_accuracy"],
-                               "wall_time_s": res.get("wall_time_s", 0.0), "path": str(unit.out.relative_to(run))}
+            metas[unit.key] = _meta_record(unit, res, run)
             if unit.variant == "mft":
                 mft_snapshots[unit.seed] = meta_snapshot(unit, res)
         else:
-            units[unit.key] = _unit_record(unit.seed, unit.variant, unit.domain, res, unit.out, run)
-        study["meta"] = [metas[u.key] for u in plan if u.key in metas]
-        study["units"] = [units[u.key] for u in plan if u.key in units]
-        write_json(run / "study.json", study)
+            units[unit.key] = _unit_record(unit, res, run)
+        study.meta = [metas[u.key] for u in plan if u.key in metas]
+        study.units = [units[u.key] for u in plan if u.key in units]
+        write_study(run / STUDY_FILE, study)
 
     execute(cfg, plan, group, on_done, run_unit)
     if cfg.pca:
@@ -228,13 +242,13 @@ def _run_study(cfg: StudyConfig) -> dict:
             if not pca_path.is_file() or cfg.force:
                 cross = _data_dir(cfg, run, "k-shot-cross", group, seed)
                 embedding_pca(cross, cfg.model, mft_snapshots[seed], pca_path)
-            study["pca"].append({"seed": seed, "path": str(pca_path.relative_to(run))})
-    write_json(run / "study.json", study)
-    study["report"] = str(write_report(run))
+            study.pca.append(PcaRecord(seed, str(pca_path.relative_to(run))))
+    write_study(run / STUDY_FILE, study)
+    write_report(run)
     return study
 
 
-def _frozen_lr(cfg: StudyConfig, run: Path, domains: list[str]) -> list[dict]:
+def _frozen_lr(cfg: StudyConfig, run: Path, domains: list[str]) -> list[FrozenLRRecord]:
     """The report's frozen-LR reference row: per seed and domain, a logistic regression on frozen embeddings."""
     from .probe import frozen_lr_file
 
@@ -242,7 +256,8 @@ def _frozen_lr(cfg: StudyConfig, run: Path, domains: list[str]) -> list[dict]:
     for seed in cfg.seeds:
         folders = {d: _data_dir(cfg, run, "k-shot-single", d, seed) for d in domains}
         out = run / f"seed-{seed}" / "frozen_lr.json"
-        rows += [{**r, "seed": seed} for r in frozen_lr_file(folders, cfg.model, out, cfg.force, cache)]
+        rows += [from_dict(FrozenLRRecord, {**r, "seed": seed})
+                 for r in frozen_lr_file(folders, cfg.model, out, cfg.force, cache)]
     return rows
 
 

@@ -127,11 +127,11 @@ _MALLOC_TUNED = False
 
 def keep_freed_memory() -> bool:
     """CPU training: make glibc's malloc serve every block from its heap and keep freed memory for reuse
-    (``mallopt``: no mmap, trim threshold 1 GiB). By default each block over 32 MB gets freshly mapped pages
-    and gives them back on free; a training step allocates such blocks every time (the dense word-embedding
-    gradient: 47 MB for MiniLM), so the kernel faulted in and zeroed ~60 MB of new pages a step, ~14 % of the
-    CPU time of the quickstart. The process keeps up to its peak memory instead (+11 % peak RSS there).
-    Process-wide and once; skipped off glibc or with ``METAFT_MALLOC_TUNING=0``. Returns whether it is on."""
+    (``mallopt``: no mmap, trim threshold 1 GiB). By default glibc maps fresh pages for each large block and
+    gives them back on free; a training step allocates such blocks every time (e.g. the dense word-embedding
+    gradient), so the kernel would fault in and zero new pages at every step. The process keeps up to its peak
+    memory instead. Process-wide and once; skipped off glibc or with ``METAFT_MALLOC_TUNING=0``. Returns
+    whether it is on. (Measured effect: benchmarks/results/ and the guide's Speed options.)"""
     global _MALLOC_TUNED
     if _MALLOC_TUNED:
         return True
@@ -156,8 +156,8 @@ def build_optimizer(model: nn.Module, learning_rate: float, weight_decay: float,
     ``head_params`` (the classification head) get ``head_learning_rate`` (default: ``learning_rate``) in
     groups of their own; the schedule scales every group's rate by the same factor.
 
-    The fused implementation (one kernel over all parameters) is ~3.5x faster than the default on CPU for
-    MiniLM, where the optimiser step otherwise costs as much as forward + backward at few-shot batch sizes.
+    The fused implementation (one kernel over all parameters) is used: at few-shot batch sizes the optimiser
+    step of a small encoder otherwise costs about as much as its forward and backward passes.
     """
     head_ids = {id(p) for p in head_params}
     head_lr = learning_rate if head_learning_rate is None else head_learning_rate
@@ -184,8 +184,8 @@ def compiled(model: nn.Module, mode: str, static: bool) -> nn.Module:
 
 def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> torch.Tensor:
     """``torch.nn.utils.clip_grad_norm_`` (the same norm, the same scaling) without its scaling pass when that
-    pass would multiply every gradient by exactly 1, i.e. when the norm is within ``max_norm``: most steps
-    once a few-shot training loss is small, and 2-3 % of a MiniLM step on CPU. Returns the total norm.
+    pass would multiply every gradient by exactly 1, i.e. when the norm is within ``max_norm`` (most steps once
+    a few-shot training loss is small; the pass touches every gradient). Returns the total norm.
     (The check waits for the device, as the loop's finite-loss check does every step anyway.)"""
     grads = [p.grad for p in parameters if p.grad is not None]
     norm = torch.nn.utils.get_total_norm(grads)

@@ -88,17 +88,18 @@ def run_main(args) -> int:
     cfg = study_config_from(file_settings, overrides)
     study = run_study(cfg)
     print(console_table(summarise(study)))
-    print(f"report: {study['report']}")
+    print(f"report: {Path(cfg.out) / 'report.md'}")
     return 0
 
 
 def report_main(args) -> int:
-    from ..report import complete_seeds, console_table, only_seeds, summarise, write_report
+    from ..report import complete_seeds, console_table, summarise, write_report
+    from ..results import STUDY_FILE, read_study
 
     path = write_report(args.run_dir, complete_only=args.complete_seeds)
-    study = json.loads((Path(args.run_dir) / "study.json").read_text(encoding="utf-8"))
+    study = read_study(Path(args.run_dir) / STUDY_FILE)
     if args.complete_seeds:
-        study = only_seeds(study, complete_seeds(study))
+        study = study.only_seeds(complete_seeds(study))
     print(console_table(summarise(study)))
     print(f"report: {path}")
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
@@ -186,32 +185,34 @@ def _main_process() -> bool:
 
 
 def run_meta(args) -> int:
-    from ..stages import META_RESULTS, meta_finetune
+    from ..results import META_RESULTS, read_meta_result
+    from ..stages import meta_finetune
 
     config = make_config(args, MetaConfig, "meta")
     best = meta_finetune(config)
     if not _main_process():
         return 0
-    res = json.loads((Path(config.out) / META_RESULTS).read_text(encoding="utf-8"))
-    print(f"meta dev accuracy: {res['best_dev_accuracy']:.4f} (step {res['best_step']} of {res['total_steps']}, "
-          f"{res['num_examples']['dev']} dev examples)")
+    res = read_meta_result(Path(config.out) / META_RESULTS)
+    print(f"meta dev accuracy: {res.best_dev_accuracy:.4f} (step {res.best_step} of {res.total_steps}, "
+          f"{res.num_examples['dev']} dev examples)")
     print(f"best meta-learner: {best}")
-    print(f"results: {Path(config.out) / META_RESULTS} (wall time {res['wall_time_s']:.1f} s)")
+    print(f"results: {Path(config.out) / META_RESULTS} (wall time {res.wall_time_s:.1f} s)")
     return 0
 
 
 def run_finetune(args) -> int:
-    from ..stages import RESULTS, finetune
+    from ..results import RESULTS
+    from ..stages import finetune
 
     config = make_config(args, FinetuneConfig, "finetune")
     res = finetune(config)
     if not _main_process():
         return 0
-    print(f"best dev accuracy: {res['best_dev_accuracy']:.4f} (step {res['best_step']} of {res['total_steps']})")
-    if res["test"] is not None:
-        print(f"test accuracy: {res['test_accuracy']:.4f}, macro-F1 {res['test_macro_f1']:.4f} "
-              f"({res['test']['n']} examples)")
-    print(f"best model: {res['best_model']}")
-    print(f"results: {Path(config.out) / RESULTS} (train {res['timings']['train_s']:.1f} s, "
-          f"test {res['timings']['eval_s']:.1f} s)")
+    print(f"best dev accuracy: {res.best_dev_accuracy:.4f} (step {res.best_step} of {res.total_steps})")
+    if res.test is not None:
+        print(f"test accuracy: {res.test_accuracy:.4f}, macro-F1 {res.test_macro_f1:.4f} "
+              f"({res.test['n']} examples)")
+    print(f"best model: {res.best_model}")
+    print(f"results: {Path(config.out) / RESULTS} (train {res.timings['train_s']:.1f} s, "
+          f"test {res.timings['eval_s']:.1f} s)")
     return 0
