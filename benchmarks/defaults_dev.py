@@ -3,7 +3,7 @@ recipe under a few head configurations, every (seed, domain) split, one run fold
 finished run is reused, an unfinished one resumed).
 
     python benchmarks/defaults_dev.py run --config current --data DATA --runs RUNS   # one config, all splits
-    python benchmarks/defaults_dev.py collect --runs RUNS                              # -> results/defaults-dev.*
+    python benchmarks/defaults_dev.py collect --runs RUNS [--frozen-lr F]  # -> results/defaults-dev.json
 
 Selection uses dev accuracy only; test accuracy is recorded beside it, never used to choose.
 """
@@ -83,12 +83,19 @@ def main() -> None:
     p.add_argument("--data", type=Path)
     p.add_argument("--runs", type=Path, required=True)
     p.add_argument("--pythonpath", default=None, help="run metaft from these sources")
+    p.add_argument("--frozen-lr", type=Path, default=None,
+                   help="collect: a JSON list of probe.frozen_lr_reference results (one per seed and domain)")
     a = p.parse_args()
     if a.what == "run":
         run(a.config, a.data, a.runs, {"PYTHONPATH": a.pythonpath} if a.pythonpath else {})
     else:
         data = collect(a.runs)
         data["paired_with_current"] = paired_summary(data)
+        if a.frozen_lr:
+            rows = json.loads(a.frozen_lr.read_text(encoding="utf-8"))
+            data["frozen_lr"] = {"rows": rows, "mean_test_accuracy": {
+                d: sum(r["test_accuracy"] for r in rows if r["domain"] == d) / sum(r["domain"] == d for r in rows)
+                for d in DOMAINS}}
         (OUT / "defaults-dev.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         for row in data["paired_with_current"]:
             print(json.dumps(row))

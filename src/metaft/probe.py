@@ -60,5 +60,6 @@ def frozen_lr_file(folders: dict[str, Path], model: str, out: Path, force: bool 
         return json.loads(out.read_text(encoding="utf-8"))
     rows = [frozen_lr_reference(folder, model, domain, cache) for domain, folder in folders.items()
             if (Path(folder) / "test.tsv").is_file()]
+    out.parent.mkdir(parents=True, exist_ok=True)  # the seed's folder, before any of its runs made it
     write_json(out, rows)
     return rows
