@@ -21,9 +21,9 @@ SEEDS = (13, 42, 87, 21, 100)
 DOMAINS = ("SST-2", "MR", "CR")
 RECIPE = ["--epochs", "64", "--batch-size", "2", "--lr", "1e-5", "--eval-every", "50", "--model", "minilm"]
 CONFIGS = {  # name -> extra flags of `metaft finetune`
-    "current": ["--head-pooling", "pooler", "--head-init", "reinit"],
-    "mean-probe": ["--head-pooling", "mean", "--head-init", "probe"],
-    "mean-probe-headlr10": ["--head-pooling", "mean", "--head-init", "probe", "--head-lr", "1e-4"],
+    "current": ["--head-pooling", "pooler", "--head", "reinit"],
+    "mean-probe": ["--head-pooling", "mean", "--head", "probe"],
+    "mean-probe-headlr10": ["--head-pooling", "mean", "--head", "probe", "--head-lr", "1e-4"],
 }
 OUT = Path(__file__).parent / "results"
 

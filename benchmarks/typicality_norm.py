@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 from metaft import MetaConfig, PrepareConfig, TypicalityConfig, compute_typicality, meta_finetune, prepare
+from metaft.config import SEED_RECIPE_META
 from metaft.results import META_RESULTS, read_meta_result
-from metaft.study import SEED_RECIPE_META, machine_info
+from metaft.study import machine_info
 
 
 def main() -> None:

@@ -113,7 +113,7 @@ def test_probe_warm_start_is_a_candidate_at_step_0(tiny_model_dir, single, tmp_p
     from metaft.stages import finetune
 
     # a learning rate so large that fine-tuning wrecks the model: selection must keep the warm start
-    r = finetune(ft_config(single, tiny_model_dir, tmp_path / "probe", head_pooling="mean", head_init="probe",
+    r = finetune(ft_config(single, tiny_model_dir, tmp_path / "probe", head_pooling="mean", head="probe",
                            learning_rate=0.5, epochs=2, max_grad_norm=0.0))
     first = r.dev_history[0]
     assert first["step"] == 0 and first["dev_accuracy"] == r.head_probe["dev_accuracy"] > 0.5  # chance: 1/3
@@ -147,7 +147,7 @@ def test_meta_learner_with_a_mean_head_feeds_stage_3(tiny_model_dir, tmp_path):
     cross = write_task(tmp_path / "cross", n_train=36, n_dev=18, n_test=0, domains=("book", "movie"), seed=4)
     best = meta_finetune(MetaConfig(data_dir=str(cross), model=str(tiny_model_dir), out=str(tmp_path / "meta"),
                                     epochs=1, batch_size=6, learning_rate=1e-3, typicality=False,
-                                    head_pooling="mean", head_init="probe", save_state_every_s=0))
+                                    head_pooling="mean", head="probe", save_state_every_s=0))
     meta = json.loads((tmp_path / "meta" / "meta_results.json").read_text())
     assert meta["head_pooling"] == "mean" and meta["head_probe"]["C"] > 0
     assert meta["dev_history"][0] == {"step": 0, "dev_accuracy": meta["head_probe"]["dev_accuracy"],
@@ -155,21 +155,20 @@ def test_meta_learner_with_a_mean_head_feeds_stage_3(tiny_model_dir, tmp_path):
     assert resolve_pooling("auto", str(best)) == "mean"  # the snapshot declares its own head
     single = write_task(tmp_path / "single", n_train=24, n_dev=12, n_test=12, domains=("book",), seed=9)
     r = finetune(FinetuneConfig(data_dir=str(single), model=str(best), out=str(tmp_path / "ft"), epochs=1,
-                                batch_size=8, head_pooling="auto", head_init="keep"))
+                                batch_size=8, head_pooling="auto", head="keep"))
     assert r.head_pooling == "mean" and r.head == "keep"
     with pytest.raises(Exception, match="head pooling"):
         finetune(FinetuneConfig(data_dir=str(single), model=str(best), out=str(tmp_path / "ft2"), epochs=1,
-                                head_pooling="cls", head_init="keep"))
+                                head_pooling="cls", head="keep"))
 
 
 def test_a_config_saved_before_the_head_settings_means_the_old_head():
     from metaft.config import FinetuneConfig
 
-    saved = {**FinetuneConfig().to_dict(), "head": "keep"}  # written before head_init / head_pooling existed
-    for name in ("head_init", "head_pooling", "head_learning_rate"):
+    saved = FinetuneConfig(head="keep").to_dict()  # as written before head_pooling / head_learning_rate existed
+    for name in ("head_pooling", "head_learning_rate"):
         del saved[name]
-    old = FinetuneConfig.from_dict(saved)
-    assert old.head_init == "keep"
-    assert FinetuneConfig(head_init="keep", head_pooling="pooler").changed_from(saved) == {}
-    assert FinetuneConfig(head_init="keep", head_pooling="mean").changed_from(saved) == {
+    assert FinetuneConfig(head="keep", head_pooling="pooler").changed_from(saved) == {}
+    assert FinetuneConfig(head="keep", head_pooling="mean").changed_from(saved) == {
         "head_pooling": ("pooler", "mean")}
+    assert FinetuneConfig.from_dict({"head": "probe", "head_learning_rate": "1e-4"}).head_learning_rate == 1e-4

@@ -88,7 +88,7 @@ def test_meta_finetune_then_finetune_from_the_meta_learner(cross, tiny_model_dir
     for head in ("reinit", "keep"):
         out = tmp_path / f"ft-{head}"
         r = finetune(FinetuneConfig(data_dir=str(single), model=str(best), out=str(out), epochs=4, batch_size=8,
-                                    learning_rate=1e-3, eval_every=6, head_init=head, seed=1))
+                                    learning_rate=1e-3, eval_every=6, head=head, seed=1))
         assert r.test_accuracy > 0.6 and r.head == head
         # the saved folder, loaded by a plain transformers pipeline, reproduces the reported test accuracy
         test = read_mft_tsv(single / "test.tsv")

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from metaft.cli import main
+from metaft.config import StudyConfig
 from metaft.errors import ConfigError
-from metaft.study import StudyConfig, run_study
+from metaft.study import run_study
 
 FAST = {"meta": {"epochs": 1, "batch_size": 8, "eval_batch_size": 256, "learning_rate": 1e-4},
         "finetune": {"epochs": 1, "batch_size": 8, "eval_batch_size": 256, "learning_rate": 1e-4,
@@ -18,8 +19,8 @@ FAST = {"meta": {"epochs": 1, "batch_size": 8, "eval_batch_size": 256, "learning
 @pytest.fixture(scope="module")
 def tiny_study(tiny_model_dir, corpora_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
-    cfg = StudyConfig(out=str(out), corpora=str(corpora_root), group="g1", k=4, seeds=(42,),
-                      model=str(tiny_model_dir), ablations=("multitask",), jobs=1, **FAST)
+    cfg = StudyConfig.from_dict(dict(out=str(out), corpora=str(corpora_root), group="g1", k=4, seeds=(42,),
+                                     model=str(tiny_model_dir), ablations=("multitask",), jobs=1, **FAST))
     return cfg, run_study(cfg)
 
 
@@ -70,7 +71,7 @@ def test_time_estimate_weights_units_by_the_examples_they_train_on(tiny_study):
     from metaft.study import plan_units
 
     cfg, study = tiny_study
-    cfg = cfg.replace(meta={**cfg.meta, "epochs": 3}, finetune={**cfg.finetune, "train_limit": 5})
+    cfg = cfg.replace(meta=cfg.meta.replace(epochs=3), finetune=cfg.finetune.replace(train_limit=5))
     plan = plan_units(cfg, Path(cfg.out), "g1", ["SST-2", "MR", "CR"])
     meta = next(u for u in plan if u.domain is None)
     sst2 = next(u for u in plan if u.domain == "SST-2")
@@ -93,10 +94,10 @@ def test_rerun_with_other_settings_is_refused(tiny_study):
     from metaft.errors import ConfigError
 
     cfg, _ = tiny_study
-    changed = cfg.replace(finetune={**cfg.finetune, "learning_rate": 3e-4})
+    changed = cfg.replace(finetune=cfg.finetune.replace(learning_rate=3e-4))
     with pytest.raises(ConfigError, match="other settings.*finetune.*--force"):
         run_study(changed)
-    assert json.loads((Path(cfg.out) / "config.json").read_text())["finetune"] == cfg.finetune
+    assert json.loads((Path(cfg.out) / "config.json").read_text())["finetune"] == cfg.finetune.to_dict()
 
 
 def test_predict_round_trips_a_saved_model(tiny_study, tmp_path, capsys):
@@ -129,20 +130,20 @@ def test_the_committed_study_configs_load(committed):
     from metaft.config import load_config_file
 
     cfg = StudyConfig.from_dict(load_config_file(Path(__file__).parents[1] / "benchmarks" / "configs" / committed))
-    assert cfg.k == (None if committed == "amazon.yaml" else 16)
+    assert cfg.prepare.k == (None if committed == "amazon.yaml" else 16)
 
 
 @pytest.mark.parametrize("k, expected", [("full", None), ("FULL", None), (None, None), (16, 16), ("16", 16)])
 def test_k_accepts_integers_and_full(k, expected):
     from metaft.config import PrepareConfig
 
-    assert StudyConfig(k=k).k == PrepareConfig(k=k).k == expected
+    assert StudyConfig.from_dict({"k": k}).prepare.k == PrepareConfig(k=k).k == expected
 
 
 @pytest.mark.parametrize("k", [0, -3, "ten", 1.5, True, "16.0"])
 def test_bad_k_is_a_clear_error(k, tmp_path, capsys):
     with pytest.raises(ConfigError, match="k must be a positive integer or 'full'"):
-        StudyConfig(k=k)
+        StudyConfig.from_dict({"k": k})
     config = tmp_path / "study.yaml"
     config.write_text(f"k: {k}\n")
     assert main(["run", "--config", str(config), "--out", str(tmp_path / "never")]) == 2

@@ -1,79 +1,53 @@
-"""One small frozen dataclass per stage, validated on creation; saved as ``config.json`` in run folders."""
+"""Every setting of metaft, declared once (type, default, help, flags, range); saved as ``config.json``.
+
+The ``*Settings`` classes hold what a user chooses for a stage; the ``*Config`` classes add what names one run
+(its data folder, model, output folder, seed). :class:`StudyConfig` is the tree of a whole study: study-wide
+settings plus a ``prepare``, ``typicality``, ``meta`` and ``finetune`` section. The machinery that turns these
+declarations into validation, config-file loading, ``KEY=VALUE`` overrides and command-line flags is in
+:mod:`metaft.settings`.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from .errors import ConfigError
 from .fileio import write_json
 from .hub import DEFAULT_MODEL
+from .pooling import POOLINGS
+from .settings import Settings, field_map, setting
 
 STANDARD_SEEDS = (13, 21, 42, 87, 100)
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+MAX_SEED = 2**32 - 1
 
+Pooling = Literal[POOLINGS]  # noqa: F821 - declared with the poolings themselves
+Aggregation = Literal["mean-prototype", "mean-cosine"]
+MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+DomainLoss = Literal["corrupt", "grl", "none"]
+TypicalityNorm = Literal["none", "mean", "mean-global"]
+HeadPooling = Literal["auto", "mean", "cls", "pooler"]
+MetaHead = Literal["reinit", "probe"]
+Head = Literal["reinit", "probe", "keep"]
 
-class _Config:
-    def to_dict(self) -> dict[str, Any]:
-        out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = list(v) if isinstance(v, tuple) else (str(v) if isinstance(v, Path) else v)
-        return out
+# meta-stage settings of each MFT variant of a study; the baseline has no meta stage
+VARIANTS: dict[str, dict[str, Any]] = {
+    "mft": {"typicality": True, "domain_loss": "corrupt"},
+    "no-typicality": {"typicality": False, "domain_loss": "corrupt"},
+    "no-domain-loss": {"typicality": True, "domain_loss": "none"},
+    "multitask": {"typicality": False, "domain_loss": "none"},
+    "grl": {"typicality": True, "domain_loss": "grl"},
+}
+ABLATIONS = tuple(v for v in VARIANTS if v != "mft")
+Ablation = Literal[ABLATIONS]  # noqa: F821 - the names of VARIANTS, not spelled twice
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        data = renamed_settings(data)
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ConfigError(f"{cls.__name__}: unknown setting(s) {', '.join(unknown)}")
-        kwargs = {}
-        for k, v in data.items():
-            kwargs[k] = tuple(v) if isinstance(v, list) else v
-        return cls(**kwargs)
-
-    def changed_from(self, saved: dict[str, Any], ignored: Collection[str] = ()) -> dict[str, tuple[Any, Any]]:
-        """Settings that differ from a saved ``config.json``: {name: (saved, now)}. A setting the saved file
-        lacks (written by a metaft that did not have it yet) counts as what metaft did before it existed
-        (``BEFORE_SETTING``, else its default), so older runs still resume, and only with the same behaviour."""
-        defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-                    for f in dataclasses.fields(self)}
-        defaults.update({k: v for k, v in BEFORE_SETTING.items() if k in defaults})
-        defaults = json.loads(json.dumps({k: v for k, v in defaults.items() if v is not dataclasses.MISSING}))
-        saved = renamed_settings(saved)
-        now = json.loads(json.dumps(self.to_dict()))
-        changed = {}
-        for k in sorted(set(saved) | set(now)):
-            old = saved[k] if k in saved else defaults.get(k)
-            if k not in ignored and old != now.get(k):
-                changed[k] = (old, now.get(k))
-        return changed
-
-    @staticmethod
-    def describe(changed: dict[str, tuple[Any, Any]]) -> str:
-        """``name: saved -> now, ...`` for error messages about a :meth:`changed_from` result."""
-        return ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
-
-    def save(self, path: str | Path) -> None:
-        write_json(path, self.to_dict(), sort_keys=True)
-
-
-RENAMED = {"head": "head_init"}  # settings saved under an older name: old -> new
-# what a run saved before these settings existed did (a changed default must not pass for the old behaviour)
-BEFORE_SETTING = {"head_pooling": "pooler", "head_init": "reinit"}
-
-
-def renamed_settings(data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` with settings saved under an older name (``RENAMED``) under their current name."""
-    return {RENAMED.get(k, k): v for k, v in data.items()}
+# The reference few-shot recipe ([OF] README), a study's default (not tuned on any split); the learning rates
+# are the stages' own defaults.
+SEED_RECIPE_META = {"epochs": 63, "batch_size": 4, "eval_every": 100}
+SEED_RECIPE_FINETUNE = {"epochs": 64, "batch_size": 2, "eval_every": 50}
 
 
 def parse_k(value: Any) -> int | None:
@@ -82,153 +56,304 @@ def parse_k(value: Any) -> int | None:
         return None
     try:
         k = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         k = 0
     if isinstance(value, bool) or k <= 0 or str(k) != str(value).strip():
         raise ConfigError(f"k must be a positive integer or 'full', got {value!r}")
     return k
 
 
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
+def _ablations(value: Any) -> Any:
+    """``ablations: all`` (or ``--ablations all``) names every ablation; others must be known."""
+    if value == "all" or value == ["all"]:
+        return ABLATIONS
+    names = value.replace(",", " ").split() if isinstance(value, str) else value
+    if isinstance(names, (list, tuple)):
+        if bad := [a for a in names if a not in ABLATIONS]:
+            raise ConfigError(f"unknown ablation(s) {bad}; choose from {', '.join(ABLATIONS)} (or all)")
+    return names
+
+
+def redefault(cls: type, name: str, default: Any, **changes: Any) -> Any:
+    """The setting ``name`` of ``cls`` with another default (and any other metadata changed)."""
+    meta = {**field_map(cls)[name].metadata, **changes}
+    return setting(default, **meta)
+
+
+def _nonempty(values: tuple, name: str) -> None:
+    if not values:
+        raise ConfigError(f"{name} must list at least one value (give at least one seed)")
+
+
+class Saved(Settings):
+    """Settings written into a run folder as ``config.json``."""
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, self.to_dict(), sort_keys=True)
 
 
 @dataclass(frozen=True)
-class PrepareConfig(_Config):
+class SplitSettings(Settings):
+    """Stage 0 settings: which corpora, domains and K the splits are drawn from."""
+
+    corpora: str | None = setting(None, help="folder of the raw corpora (default: $METAFT_CORPORA)", metavar="DIR")
+    group: str | None = setting(None, help="predefined group (g1 = SST-2 MR CR; amazon = books dvd electronics "
+                                "kitchen), or the name of the group given by --domains / --input (default: g1 "
+                                "unless --domains or --input is given)")
+    domains: tuple[str, ...] = setting((), metavar="DOMAIN", help="domains to prepare: SST-2 MR CR MPQA Subj TREC "
+                                       "books dvd electronics kitchen (or a subset of the domains of --input)")
+    input: str | None = setting(None, metavar="FILE", help="your own multi-domain file: layout TSV (text TAB "
+                                "domain TAB label) or .jsonl ({text, label, domain[, text_pair]})")
+    test: str | None = setting(None, metavar="FILE", help="with --input: its test set (default: hold out 20% of "
+                               "each domain with a fixed seed)")
+    k: int | None = setting(16, parse=parse_k, help="examples per label and domain in train and in dev, or 'full'")
+    dev_fraction: float = setting(0.1, gt=0, lt=1, help="with --k full: share of each domain's pool used as dev")
+
+    def check(self) -> None:
+        if self.group is None and not self.domains and not self.input:
+            object.__setattr__(self, "group", "g1")
+
+
+@dataclass(frozen=True)
+class PrepareConfig(SplitSettings, Saved):
     """Stage 0: raw corpora -> k-shot (or full) splits in the MFT layout."""
 
-    out: str = "data"
-    corpora: str | None = None  # default: $METAFT_CORPORA
-    group: str | None = "g1"
-    domains: tuple[str, ...] = ()
-    input: str | None = None  # a user's own multi-domain file (layout TSV or JSONL)
-    test: str | None = None  # with input: the user's test file (default: hold out 20% per domain)
-    k: int | None = 16  # None = full pool
-    seeds: tuple[int, ...] = STANDARD_SEEDS
-    dev_fraction: float = 0.1  # only with k=None
+    out: str = setting("data", help="output folder")
+    seeds: tuple[int, ...] = setting(STANDARD_SEEDS, metavar="SEED", ge=0, le=MAX_SEED, help="k-shot sampling seeds")
 
-    def __post_init__(self):
-        object.__setattr__(self, "k", parse_k(self.k))  # a config file may say k: full
-        _check(len(self.seeds) > 0, "give at least one seed")
-        _check(0.0 < self.dev_fraction < 1.0, f"dev_fraction must be in (0, 1), got {self.dev_fraction}")
+    def check(self) -> None:
+        super().check()
+        _nonempty(self.seeds, "seeds")
 
 
 @dataclass(frozen=True)
-class TypicalityConfig(_Config):
-    """Stage 1: frozen-encoder prototypes and typicality scores."""
+class EncoderSettings(Settings):
+    """How texts reach the encoder, in every stage that runs one."""
 
-    data_dir: str = ""
-    model: str = DEFAULT_MODEL
-    pooling: str = "mean"  # mean (masked) | cls | pooler
-    alpha: float = 0.5
-    aggregation: str = "mean-prototype"  # mean-prototype | mean-cosine
-    max_length: int = 128
-    batch_size: int = 64
-    trust_remote_code: bool = False
-    use_cache: bool = True  # False re-tokenises and rewrites the feature cache (seed flag --resave_ofrecord)
-
-    def __post_init__(self):
-        _check(self.pooling in ("mean", "cls", "pooler"), f"pooling must be mean, cls or pooler, got {self.pooling!r}")
-        _check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
-        _check(self.aggregation in ("mean-prototype", "mean-cosine"),
-               f"aggregation must be mean-prototype or mean-cosine, got {self.aggregation!r}")
-        _check(self.max_length > 2, f"max_length must be > 2, got {self.max_length}")
-        _check(self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}")
+    max_length: int = setting(128, gt=2, flags=("--max-length", "--max_length", "--seq_length", "--max_seq_length"),
+                              help="tokens per text (longer texts are truncated)")
+    trust_remote_code: bool = setting(False, help="allow custom model code from the hub")
+    use_cache: bool = setting(True, flags=("--resave_ofrecord", "--no-cache"),
+                              help="tokenise afresh instead of reading the tokenisation cache (the seed system's "
+                                   "--resave_ofrecord; metaft has no OFRecord files)")
 
 
 @dataclass(frozen=True)
-class TrainConfig(_Config):
+class Source(Saved):
+    """What a stage run reads: its prepared data folder and the model it starts from."""
+
+    data_dir: str = setting("", flags=("--data-dir", "--data_dir"), help="prepared folder (train.tsv, dev.tsv, ...)")
+    model: str = setting(DEFAULT_MODEL, flags=("--model", "--model_load_dir"),
+                         help="hub id, local HF folder or alias (minilm = the packaged all-MiniLM-L6-v2)")
+
+
+_STUDY_MANAGED = {
+    "data_dir": "the study prepares the data itself", "model": "set the study's model (--model)",
+    "out": "the study names every run folder", "seed": "set the study's seeds (--seeds)",
+    "resume": "a study resumes unfinished runs itself", "force": "set the study's force (--force)",
+    "task_name": "the study names runs by group and domain", "domain": "the study fine-tunes every domain",
+}
+
+
+@dataclass(frozen=True)
+class TypicalitySettings(EncoderSettings):
+    """Stage 1 settings: frozen-encoder prototypes and typicality scores."""
+
+    MANAGED: ClassVar[dict[str, str]] = _STUDY_MANAGED
+
+    pooling: Pooling = setting("mean", help="mean = masked mean over tokens, cls = the [CLS] vector, pooler = "
+                                            "the BERT pooler output")
+    alpha: float = setting(0.5, ge=0, le=1, help="weight of the own-domain prototype")
+    aggregation: Aggregation = setting("mean-prototype", help="mean-prototype = cosine with the mean of the other "
+                                       "domains' prototypes, mean-cosine = mean of the cosines")
+    batch_size: int = setting(64, gt=0, flags=("--batch-size", "--batch_size", "--batch_size_per_device"),
+                              help="embedding batch size")
+
+
+@dataclass(frozen=True)
+class TypicalityConfig(TypicalitySettings, Source):
+    """Stage 1: frozen-encoder prototypes and typicality scores of one data folder."""
+
+
+@dataclass(frozen=True)
+class TrainSettings(EncoderSettings):
     """Settings shared by stage 2 (meta fine-tuning) and stage 3 (per-domain fine-tuning)."""
 
-    HEAD_INITS: ClassVar[tuple[str, ...]] = ("reinit", "probe")
+    MANAGED: ClassVar[dict[str, str]] = _STUDY_MANAGED
+    # what a run saved before a setting existed did: a changed default must not pass for the old behaviour
+    BEFORE_SETTING: ClassVar[dict[str, Any]] = {"head_pooling": "pooler"}
 
-    data_dir: str = ""
-    model: str = DEFAULT_MODEL
-    out: str = "runs/train"
-    seed: int = 42
-    epochs: float = 3.0
-    batch_size: int = 8
-    eval_batch_size: int = 64
-    learning_rate: float = 2e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    max_length: int = 128
-    eval_every: int = 0  # steps; 0 = once per epoch
-    dropout: float = 0.1
-    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
-    pad_to_multiple_of: int = 8  # round each batch's width up to a multiple of this; 1 = the longest text
-    pad_to_length: int | None = None  # pad every batch to this many tokens (fixed shapes; the seed system's way)
-    group_by_length: bool = False  # batches of similar lengths (less padding); order still seeded
-    save_state_every_s: float = 60.0  # resumable state at an evaluation at most this often; 0 = every evaluation
-    compile: bool = False  # torch.compile the model (static shapes when batches are padded to fixed widths)
-    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
-    resume: bool = False
-    force: bool = False
-    trust_remote_code: bool = False
-    train_limit: int | None = None  # seed flag --train_example_num: use at most this many examples
-    dev_limit: int | None = None
-    test_limit: int | None = None
-    use_cache: bool = True  # False: tokenise afresh, bypassing the feature cache (seed flag --resave_ofrecord)
-    head_pooling: str = "pooler"  # auto | mean | cls | pooler: the classification head (see metaft.heads)
-    head_init: str = "reinit"  # reinit | probe (LP-FT: fit the fresh head on frozen features first) | keep (stage 3)
-    head_learning_rate: float | None = None  # the classification head's peak learning rate; None = learning_rate
-
-    def __post_init__(self):
-        _check(self.head_pooling in ("auto", "mean", "cls", "pooler"),
-               f"head_pooling must be auto, mean, cls or pooler, got {self.head_pooling!r}")
-        _check(self.head_init in self.HEAD_INITS,
-               f"head_init must be {' or '.join(self.HEAD_INITS)} here, got {self.head_init!r}")
-        _check(self.head_learning_rate is None or self.head_learning_rate > 0,
-               f"head_learning_rate must be positive, got {self.head_learning_rate}")
-        _check(self.epochs > 0, f"epochs must be positive, got {self.epochs}")
-        _check(self.batch_size > 0 and self.eval_batch_size > 0, "batch sizes must be positive")
-        _check(self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}")
-        _check(0.0 <= self.warmup_ratio < 1.0, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        _check(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
-        _check(self.pad_to_multiple_of >= 1, f"pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}")
-        _check(self.save_state_every_s >= 0, f"save_state_every_s must be >= 0, got {self.save_state_every_s}")
-        _check(self.mixed_precision in ("auto", "no", "bf16", "fp16"),
-               f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
-        _check(self.compile_mode in COMPILE_MODES,
-               f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
-        _check(self.max_length > 2, f"max_length must be > 2, got {self.max_length}")
-        _check(self.pad_to_length is None or self.pad_to_length > 0,
-               f"pad_to_length must be positive, got {self.pad_to_length}")
+    epochs: float = setting(3.0, gt=0, flags=("--epochs", "--num_epochs"), help="epochs, may be fractional")
+    batch_size: int = setting(8, gt=0, flags=("--batch-size", "--batch_size_per_device"),
+                              help="training batch size per device")
+    eval_batch_size: int = setting(64, gt=0, help="evaluation batch size per device, dev and test",
+                                   flags=("--eval-batch-size", "--dev_batch_size_per_device",
+                                          "--eval_batch_size_per_device"))
+    learning_rate: float = setting(2e-5, gt=0, flags=("--lr", "--learning-rate", "--learning_rate"),
+                                   help="peak learning rate of AdamW")
+    weight_decay: float = setting(0.01, ge=0, flags=("--weight-decay", "--weight_decay_rate"),
+                                  help="AdamW weight decay, not on biases/LayerNorm")
+    warmup_ratio: float = setting(0.1, ge=0, lt=1, flags=("--warmup-ratio", "--warmup_proportion"),
+                                  help="linear warm-up share of the steps, then linear decay to 0")
+    max_grad_norm: float = setting(1.0, ge=0, help="clip the gradient norm to this (0 = no clipping)")
+    eval_every: int = setting(0, ge=0, flags=("--eval-every", "--dev_every_step_num"),
+                              help="evaluate on dev every N steps and at the end (0 = once per epoch)")
+    dropout: float = setting(0.1, ge=0, lt=1, help="classifier dropout")
+    mixed_precision: MixedPrecision = setting("auto", help="auto = bf16 on CUDA devices that support it, else none")
+    pad_to_multiple_of: int = setting(8, ge=1, metavar="N", help="pad each batch to the longest text rounded up to "
+                                      "a multiple of N (1 = the longest text)")
+    pad_to_length: int | None = setting(None, gt=0, metavar="N", help="pad every batch to N tokens (fixed shapes; "
+                                        "the seed system's way)")
+    group_by_length: bool = setting(False, help="batch texts of similar length together (less padding; the order "
+                                                "stays seeded)")
+    save_state_every_s: float = setting(60.0, ge=0, flags=("--save-state-every",), metavar="SECONDS",
+                                        help="save the resumable training state at an evaluation at most this "
+                                             "often (0 = at every evaluation)")
+    compile: bool = setting(False, cli=False, help="torch.compile the model (set by --compile)")
+    compile_mode: CompileMode = setting("default", flags=("--compile",), nargs="?", metavar="MODE",
+                                        help="torch.compile the model for training; MODE: reduce-overhead (CUDA "
+                                             "graphs) pairs with --pad-to-multiple-of 32 so batches come in a few "
+                                             "fixed widths")
+    head_pooling: HeadPooling = setting("pooler", help="classification head: auto = the sentence pooling the "
+                                        "checkpoint declares (a sentence-transformers folder's 1_Pooling), else "
+                                        "pooler; mean / cls = masked token mean / first token -> linear; pooler = "
+                                        "the architecture's own HF head (BERT: [CLS] -> pooler -> linear)")
+    head: MetaHead = setting("reinit", flags=("--head", "--head-init"), help="reinit = a new seeded head; probe = "
+                             "a new head first fitted by logistic regression on the frozen features, C chosen on "
+                             "dev, then everything fine-tuned (LP-FT)")
+    head_learning_rate: float | None = setting(None, gt=0, flags=("--head-lr", "--head-learning-rate"),
+                                               help="peak learning rate of the classification head (default: "
+                                                    "--lr)")
+    train_limit: int | None = setting(None, gt=0, flags=("--train-limit", "--train_example_num"),
+                                      help="use the first N training examples (warns when the file has another "
+                                           "count)")
+    dev_limit: int | None = setting(None, gt=0, flags=("--dev-limit", "--dev_example_num"),
+                                    help="first N dev examples")
+    test_limit: int | None = setting(None, gt=0, flags=("--test-limit", "--eval_example_num"),
+                                     help="first N test examples")
 
 
 @dataclass(frozen=True)
-class MetaConfig(TrainConfig):
-    """Stage 2: meta fine-tuning on all domains (typicality-weighted CE + lambda * domain loss)."""
+class TrainRun(Source):
+    """What names one training run besides its data and model."""
 
-    out: str = "runs/meta"
-    learning_rate: float = 5e-5
-    domain_loss: str = "corrupt"  # corrupt | grl | none
-    domain_weight: float = 0.1
-    domain_layers: tuple[int, ...] = ()  # () = 4 evenly spaced layers ending at the last
-    typicality: bool = True
-    typicality_norm: str = "mean-global"  # none | mean (per domain) | mean-global (chosen on dev sets)
-    task_name: str | None = None  # names the best snapshot folder like the seed system
-
-    def __post_init__(self):
-        super().__post_init__()
-        _check(self.domain_loss in ("corrupt", "grl", "none"),
-               f"domain_loss must be corrupt, grl or none, got {self.domain_loss!r}")
-        _check(self.domain_weight >= 0, f"domain_weight must be >= 0, got {self.domain_weight}")
-        _check(self.typicality_norm in ("none", "mean", "mean-global"),
-               f"typicality_norm must be none, mean or mean-global, got {self.typicality_norm!r}")
+    out: str = setting("runs/train", flags=("--out", "--model_save_dir"), help="run folder (default: see below)")
+    seed: int = setting(42, ge=0, le=MAX_SEED, help="run seed: shuffling, head init, dropout, domain permutations")
+    resume: bool = setting(False, help="continue an interrupted run from its last evaluation")
+    force: bool = setting(False, help="overwrite an existing run folder")
+    task_name: str | None = setting(None, flags=("--task-name", "--task_name"),
+                                    help="names the run and its snapshots like the seed system")
 
 
 @dataclass(frozen=True)
-class FinetuneConfig(TrainConfig):
+class TrainConfig(TrainSettings, TrainRun):
+    """One training run (stage 2 or 3) with the shared settings."""
+
+
+@dataclass(frozen=True)
+class MetaSettings(TrainSettings):
+    """Stage 2 settings: typicality-weighted CE + lambda * domain loss on all domains."""
+
+    learning_rate: float = redefault(TrainSettings, "learning_rate", 5e-5)
+    domain_loss: DomainLoss = setting("corrupt", help="corrupt = the paper's domain corruption, grl = "
+                                                      "gradient-reversal ablation, none = no domain loss")
+    domain_weight: float = setting(0.1, ge=0, help="lambda, the weight of the domain loss")
+    domain_layers: tuple[int, ...] = setting((), ge=0, nargs=None, help="0-based encoder layers of the domain "
+                                             "loss, e.g. 2,5,8,11 (default: 4 evenly spaced ending at the last)")
+    typicality: bool = setting(True, flags=("--no-typicality",), help="weight every example 1.0 (ablation); "
+                                                                       "default: scores of `metaft preprocess`")
+    typicality_norm: TypicalityNorm = setting("mean-global", help="mean-global = divide the scores by their overall "
+                                              "mean (chosen on g1 dev sets), mean = by their per-domain mean, none "
+                                              "= use them as they are")
+
+
+@dataclass(frozen=True)
+class MetaConfig(MetaSettings, TrainConfig):
+    """Stage 2: meta fine-tuning on all domains of one data folder."""
+
+    out: str = redefault(TrainRun, "out", "runs/meta")
+
+
+@dataclass(frozen=True)
+class FinetuneSettings(TrainSettings):
+    """Stage 3 settings: fine-tuning on one domain."""
+
+    learning_rate: float = redefault(TrainSettings, "learning_rate", 1e-5)
+    head: Head = setting("reinit", flags=("--head", "--head-init"), help="reinit = a new seeded head; probe = a "
+                         "new head first fitted by logistic regression on the frozen features, C chosen on dev, "
+                         "then everything fine-tuned (LP-FT); keep = the meta-learner's head")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(FinetuneSettings, TrainConfig):
     """Stage 3: fine-tune a meta-learner (or a raw checkpoint: the baseline) on one domain."""
 
-    out: str = "runs/finetune"
-    learning_rate: float = 1e-5
-    HEAD_INITS: ClassVar[tuple[str, ...]] = ("reinit", "probe", "keep")  # keep: the meta-learner's head
-    domain: str | None = None  # which domain of the data folder; None = the only one
-    task_name: str | None = None  # names the run (results.json, default output folder) like the seed system
+    out: str = redefault(TrainRun, "out", "runs/finetune")
+    domain: str | None = setting(None, help="the domain to use when the data folder holds several")
+
+
+@dataclass(frozen=True)
+class PredictConfig(Settings):
+    """``metaft predict``: classify texts with a saved model."""
+
+    model: str = setting("", help="a fine-tuned model folder (e.g. .../finetune/mft/SST-2/best)")
+    input: str = setting("-", help="a text file, one text per line, or - for standard input")
+    max_length: int = redefault(EncoderSettings, "max_length", EncoderSettings.max_length, flags=())
+    batch_size: int = redefault(TrainSettings, "eval_batch_size", TrainSettings.eval_batch_size, flags=(),
+                                help="texts classified at once")
+
+    def check(self) -> None:
+        if not self.model:
+            raise ConfigError("give the model: metaft predict --model DIR")
+
+
+@dataclass(frozen=True)
+class StudyConfig(Saved):
+    """A whole study: study-wide settings and one section per stage."""
+
+    out: str = setting("runs/study", help="run folder")
+    seeds: tuple[int, ...] = redefault(PrepareConfig, "seeds", (42,), help="k-shot sampling and run seeds; the "
+                                       f"full study uses {' '.join(map(str, STANDARD_SEEDS))}")
+    model: str = redefault(Source, "model", DEFAULT_MODEL, flags=())
+    ablations: tuple[Ablation, ...] = setting((), nargs=None, parse=_ablations,
+                                              help=f"comma-separated: {','.join(ABLATIONS)} (or 'all')")
+    force: bool = setting(False, help="redo finished units")
+    pca: bool = setting(True, flags=("--no-pca",), help="skip the embedding PCA plot")
+    jobs: int = setting(0, ge=0, help="units run at once in worker processes (0 = automatic: 2 on a CPU-only "
+                                      "machine with 2+ cores, else 1)")
+    prepare: SplitSettings = setting(factory=SplitSettings, cli=False, help="how the splits are drawn")
+    typicality: TypicalitySettings = setting(factory=TypicalitySettings, cli=False, help="stage 1")
+    meta: MetaSettings = setting(factory=lambda: MetaSettings(**SEED_RECIPE_META), cli=False, help="stage 2")
+    finetune: FinetuneSettings = setting(factory=lambda: FinetuneSettings(**SEED_RECIPE_FINETUNE), cli=False,
+                                         help="stage 3")
+
+    EXTENDABLE: ClassVar[tuple[str, ...]] = ("out", "seeds", "ablations", "force", "pca", "jobs")  # a rerun may change
+
+    def check(self) -> None:
+        _nonempty(self.seeds, "seeds")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], prefix: str = "") -> StudyConfig:
+        """Also reads the flat layout of earlier versions (``group: g1``, ``k: 16`` beside ``seeds``)."""
+        if isinstance(data, dict):
+            flat = {k: v for k, v in data.items() if k in field_map(SplitSettings)}
+            if flat:
+                section = data.get("prepare", {})
+                if not isinstance(section, dict):
+                    raise ConfigError(f"{prefix}prepare must be a mapping of settings, got {section!r}")
+                data = {**{k: v for k, v in data.items() if k not in flat}, "prepare": {**section, **flat}}
+        return super().from_dict(data, prefix)
+
+
+def study_config_from(file_settings: StudyConfig | dict[str, Any] | None, overrides: dict[str, Any]) -> StudyConfig:
+    """Merge a config file's settings with CLI overrides (CLI wins); sections merge key by key over the file's,
+    and the file's over the study's defaults."""
+    if isinstance(file_settings, dict):
+        file_settings = StudyConfig.from_dict(file_settings) if file_settings else None
+    merged = file_settings.to_dict() if file_settings is not None else {}
+    for key, value in overrides.items():
+        merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+    return StudyConfig.from_dict(merged)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -238,6 +363,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
@@ -246,9 +373,16 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
     except Exception as exc:  # noqa: BLE001 - parser errors vary; report them as one line
-        raise ConfigError(f"{path}: cannot parse config ({exc})") from None
+        raise ConfigError(f"{path}: cannot parse config ({' '.join(str(exc).split())})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must hold a mapping of settings")
     return data
 
+
+def config_from_file(path: str | Path) -> StudyConfig:
+    """A study's settings from a YAML or JSON file; errors name the file and the setting."""
+    try:
+        return StudyConfig.from_dict(load_config_file(path))
+    except ConfigError as exc:
+        raise ConfigError(exc if str(exc).startswith(str(path)) else f"{path}: {exc}") from None
 

@@ -28,7 +28,7 @@ def load_predictor(model_dir: str | Path, trust_remote_code: bool = False):
 
 
 @torch.inference_mode()
-def predict(texts: Iterable[str], model, tokenizer, max_length: int = 128, batch_size: int = 64) -> Iterator[dict]:
+def predict(texts: Iterable[str], model, tokenizer, max_length: int, batch_size: int) -> Iterator[dict]:
     """Yield ``{"text", "label", "probabilities": {label: p}}`` per text, in input order."""
     id2label = model.config.id2label
     collate = Collator(tokenizer.pad_token_id or 0)

@@ -57,7 +57,7 @@ class MetaResult:
     dev_history: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
     head_pooling: str = "pooler"  # the classification head, resolved (heads.py); older files: pooler
-    head_probe: dict | None = None  # head_init probe: the logistic regression chosen (C, dev / train accuracy)
+    head_probe: dict | None = None  # head probe: the logistic regression chosen (C, dev / train accuracy)
 
 
 @dataclass
@@ -84,7 +84,7 @@ class FinetuneResult:
     dev_history: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
     head_pooling: str = "pooler"  # the classification head, resolved (heads.py); older files: pooler
-    head_probe: dict | None = None  # head_init probe: the logistic regression chosen (C, dev / train accuracy)
+    head_probe: dict | None = None  # head probe: the logistic regression chosen (C, dev / train accuracy)
 
 
 def write_result(path: str | Path, result: MetaResult | FinetuneResult) -> None:

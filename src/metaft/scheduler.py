@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import FinetuneConfig, MetaConfig
 from .results import (
     BASELINE,
     META_RESULTS,
@@ -99,7 +98,7 @@ def _worker_init(threads: int, log_level: int) -> None:
 
 def unit_work(cfg, unit: Unit) -> float:
     """A unit's training work in examples seen (epochs x training examples), to weight the time estimate."""
-    stage = MetaConfig(**cfg.meta) if unit.domain is None else FinetuneConfig(**cfg.finetune)
+    stage = cfg.meta if unit.domain is None else cfg.finetune
     with open(unit.data / "train.tsv", encoding="utf-8") as fh:
         examples = sum(1 for line in fh if line.strip())
     return stage.epochs * min(examples, stage.train_limit or examples)

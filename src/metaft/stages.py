@@ -58,8 +58,8 @@ def _meta_loss_fn(cfg: MetaConfig, total_steps: int):
 
 
 def warm_start(cfg, classifier, train_set: EncodedDataset, dev_set: EncodedDataset) -> dict | None:
-    """``head_init probe``: fit the fresh head on the frozen features first (see :mod:`metaft.warmstart`)."""
-    if cfg.head_init != "probe":
+    """``head probe``: fit the fresh head on the frozen features first (see :mod:`metaft.warmstart`)."""
+    if cfg.head != "probe":
         return None
     return probe_warm_start(classifier, train_set, dev_set, cfg.eval_batch_size)
 
@@ -153,7 +153,7 @@ def _finetune(cfg: FinetuneConfig) -> FinetuneResult:
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     pooling = resolve_pooling(cfg.head_pooling, cfg.model)
     with seeded(cfg.seed):
-        model = load_classifier(cfg.model, labels, head=cfg.head_init, dropout=cfg.dropout, seed=cfg.seed,
+        model = load_classifier(cfg.model, labels, head=cfg.head, dropout=cfg.dropout, seed=cfg.seed,
                                 pooling=pooling, trust_remote_code=cfg.trust_remote_code)
     label_ids = {lab: i for i, lab in enumerate(labels)}
     max_length = usable_max_length(cfg.max_length, model.config, tokenizer)
@@ -174,7 +174,7 @@ def _finetune(cfg: FinetuneConfig) -> FinetuneResult:
     eval_s = time.monotonic() - t0
     results = FinetuneResult(
         task=cfg.task_name or task_name_for(data_dir), domain=splits["train"][0].domain,
-        model=cfg.model, head=cfg.head_init, seed=cfg.seed,
+        model=cfg.model, head=cfg.head, seed=cfg.seed,
         test_accuracy=test["accuracy"] if test else None, test_macro_f1=test["macro_f1"] if test else None,
         test=test, best_dev_accuracy=result.best_accuracy, best_dev_macro_f1=result.best_dev["macro_f1"],
         best_step=result.best_step, total_steps=result.total_steps, best_model=str(result.best_dir),

@@ -15,30 +15,18 @@ Run folder::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import platform
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .analysis import embedding_pca
-from .config import (
-    STANDARD_SEEDS,
-    FinetuneConfig,
-    MetaConfig,
-    PrepareConfig,
-    TypicalityConfig,
-    _check,
-    _Config,
-    parse_k,
-)
+from .config import VARIANTS, FinetuneConfig, MetaConfig, PrepareConfig, StudyConfig, TypicalityConfig
 from .errors import ConfigError
 from .fileio import read_json
-from .hub import DEFAULT_MODEL
 from .locking import run_lock
 from .results import (
     BASELINE,
@@ -58,61 +46,16 @@ from .scheduler import Unit, execute, finished_results, meta_snapshot
 
 logger = logging.getLogger(__name__)
 
-# meta-stage settings of each MFT variant; "baseline" has no meta stage
-VARIANTS: dict[str, dict[str, Any]] = {
-    "mft": {"typicality": True, "domain_loss": "corrupt"},
-    "no-typicality": {"typicality": False, "domain_loss": "corrupt"},
-    "no-domain-loss": {"typicality": True, "domain_loss": "none"},
-    "multitask": {"typicality": False, "domain_loss": "none"},
-    "grl": {"typicality": True, "domain_loss": "grl"},
-}
-ABLATIONS = tuple(v for v in VARIANTS if v != "mft")
-_EXTENDABLE = ("out", "seeds", "ablations", "force", "pca", "jobs")  # study settings a rerun may change
 
-# The reference few-shot recipe ([OF] README), used unchanged (not tuned on any split).
-SEED_RECIPE_META = {"epochs": 63, "batch_size": 4, "learning_rate": 5e-5, "eval_every": 100}
-SEED_RECIPE_FINETUNE = {"epochs": 64, "batch_size": 2, "learning_rate": 1e-5, "eval_every": 50}
-
-
-@dataclass(frozen=True)
-class StudyConfig(_Config):
-    """The whole study. ``meta`` / ``finetune`` / ``typicality`` override those stages' settings."""
-
-    out: str = "runs/study"
-    group: str | None = "g1"
-    domains: tuple[str, ...] = ()
-    input: str | None = None
-    corpora: str | None = None
-    k: int | None = 16
-    seeds: tuple[int, ...] = (42,)
-    model: str = DEFAULT_MODEL
-    ablations: tuple[str, ...] = ()
-    force: bool = False
-    pca: bool = True
-    jobs: int = 0  # units run at once in worker processes; 0 = automatic (see scheduler.resolve_jobs)
-    typicality: dict = field(default_factory=dict)
-    meta: dict = field(default_factory=lambda: dict(SEED_RECIPE_META))
-    finetune: dict = field(default_factory=lambda: dict(SEED_RECIPE_FINETUNE))
-
-    def __post_init__(self):
-        object.__setattr__(self, "k", parse_k(self.k))  # a config file may say k: full
-        _check(len(self.seeds) > 0, "give at least one seed")
-        _check(self.jobs >= 0, f"jobs must be >= 0 (0 = automatic), got {self.jobs}")
-        unknown = [a for a in self.ablations if a not in ABLATIONS]
-        _check(not unknown, f"unknown ablation(s) {unknown}; choose from {', '.join(ABLATIONS)}")
-        for name, cls in (("typicality", TypicalityConfig), ("meta", MetaConfig), ("finetune", FinetuneConfig)):
-            allowed = {f.name for f in dataclasses.fields(cls)} - {"data_dir", "model", "out", "seed"}
-            bad = sorted(set(getattr(self, name)) - allowed)
-            _check(not bad, f"{name}: unknown or study-managed setting(s) {bad}")
-
-    @property
-    def variants(self) -> tuple[str, ...]:
-        return (BASELINE, "mft", *self.ablations)
+def variants(cfg: StudyConfig) -> tuple[str, ...]:
+    """Every variant of the study: the baseline, MFT and the ablations asked for."""
+    return (BASELINE, "mft", *cfg.ablations)
 
 
 def _data_dir(cfg: StudyConfig, run: Path, layout: str, name: str, seed: int) -> Path:
     """A prepared split folder of the study: ``layout`` k-shot-cross (``name`` = group) or k-shot-single (domain)."""
-    return run / "data" / layout / name / f"{'full' if cfg.k is None else cfg.k}-{seed}"
+    k = cfg.prepare.k
+    return run / "data" / layout / name / f"{'full' if k is None else k}-{seed}"
 
 
 def machine_info() -> dict[str, Any]:
@@ -128,8 +71,7 @@ def _prepare(cfg: StudyConfig, run: Path) -> tuple[str, list[str]]:
     """Write (or rewrite identically) the splits; returns the group name and its domains."""
     from .splits import prepare
 
-    folders = prepare(PrepareConfig(out=str(run / "data"), corpora=cfg.corpora, group=cfg.group,
-                                    domains=cfg.domains, input=cfg.input, k=cfg.k, seeds=cfg.seeds))
+    folders = prepare(PrepareConfig(**cfg.prepare.values(), out=str(run / "data"), seeds=cfg.seeds))
     cross = next(f for f in folders if f.parts[-3] == "k-shot-cross")
     manifest = json.loads((cross / "manifest.json").read_text(encoding="utf-8"))
     return cross.parts[-2], list(manifest["domains"])
@@ -141,7 +83,7 @@ def _typicality(cfg: StudyConfig, cross: Path) -> float:
     if (cross / "typicality.tsv").is_file() and (cross / "typicality.json").is_file() and not cfg.force:
         return 0.0
     t0 = time.perf_counter()
-    compute_typicality(TypicalityConfig(**{**cfg.typicality, "data_dir": str(cross), "model": cfg.model}))
+    compute_typicality(TypicalityConfig(**cfg.typicality.values(), data_dir=str(cross), model=cfg.model))
     return time.perf_counter() - t0
 
 
@@ -162,12 +104,17 @@ def run_study(cfg: StudyConfig) -> StudyResults:
         return _run_study(cfg)
 
 
-def _check_same_study(run: Path, cfg: StudyConfig) -> None:
+def check_same_study(run: Path, cfg: StudyConfig) -> None:
     """Finished units are reused, so a rerun must not change what they depend on (seeds and ablations may)."""
     saved = read_json(run / "config.json")
     if saved is None or cfg.force:
         return
-    if diff := cfg.changed_from(saved, _EXTENDABLE):
+    try:
+        saved = StudyConfig.from_dict(saved).to_dict()  # also the flat layout of earlier versions
+    except ConfigError as exc:
+        raise ConfigError(f"{run / 'config.json'}: the saved settings of this study are not valid ({exc}); pass "
+                          "--force to redo the study, or choose another folder") from None
+    if diff := cfg.changed_from(saved, StudyConfig.EXTENDABLE):
         raise ConfigError(f"{run}: holds a study with other settings ({cfg.describe(diff)}); rerun it with the "
                           "same settings (seeds and ablations may change), pass --force to redo it, or choose "
                           "another folder")
@@ -178,11 +125,11 @@ def plan_units(cfg: StudyConfig, run: Path, group: str, domains: list[str]) -> l
     units = []
     for seed in cfg.seeds:
         cross = _data_dir(cfg, run, "k-shot-cross", group, seed)
-        units += [Unit(seed, v, None, cross, run / f"seed-{seed}" / "meta" / v) for v in cfg.variants[1:]]
+        units += [Unit(seed, v, None, cross, run / f"seed-{seed}" / "meta" / v) for v in variants(cfg)[1:]]
         for domain in domains:
             single = _data_dir(cfg, run, "k-shot-single", domain, seed)
             units += [Unit(seed, v, domain, single, run / f"seed-{seed}" / "finetune" / v / domain)
-                      for v in cfg.variants]
+                      for v in variants(cfg)]
     return units
 
 
@@ -197,11 +144,11 @@ def run_unit(cfg: StudyConfig, unit: Unit, model: str, group: str) -> MetaResult
                   resume=not cfg.force and unit.out.exists(), force=cfg.force)
     if unit.domain is None:
         logger.info("seed %s: meta-finetune %s", unit.seed, unit.variant)
-        settings = {**cfg.meta, **VARIANTS[unit.variant], "task_name": group}
+        settings = {**cfg.meta.values(), **VARIANTS[unit.variant], "task_name": group}
         meta_finetune(MetaConfig(**settings, model=cfg.model, **common))
     else:
         logger.info("seed %s: finetune %s on %s", unit.seed, unit.variant, unit.domain)
-        finetune(FinetuneConfig(**cfg.finetune, model=model, **common))
+        finetune(FinetuneConfig(**cfg.finetune.values(), model=model, **common))
     return unit.results()
 
 
@@ -209,11 +156,11 @@ def _run_study(cfg: StudyConfig) -> StudyResults:
     from .report import write_report
 
     run = Path(cfg.out)
-    _check_same_study(run, cfg)
+    check_same_study(run, cfg)
     cfg.save(run / "config.json")
     group, domains = _prepare(cfg, run)
-    study = StudyResults(config={**cfg.to_dict(), "group": group, "domains": domains}, machine=machine_info(),
-                         hyperparameter_note=hyperparameter_note(cfg))
+    study = StudyResults(config={**cfg.to_dict(), "group": group, "domains": domains, "k": cfg.prepare.k},
+                         machine=machine_info(), hyperparameter_note=hyperparameter_note(cfg))
     for seed in cfg.seeds:
         cross = _data_dir(cfg, run, "k-shot-cross", group, seed)
         seconds = _typicality(cfg, cross)
@@ -263,30 +210,16 @@ def _frozen_lr(cfg: StudyConfig, run: Path, domains: list[str]) -> list[FrozenLR
 
 def hyperparameter_note(cfg: StudyConfig) -> str:
     """Say which settings the study used and how they were chosen (never on test sets)."""
-    def fmt(d: dict) -> str:
-        return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "defaults"
+    def fmt(section) -> str:
+        default = type(section)()
+        keep = {k: v for k, v in section.values().items() if v != getattr(default, k) or k == "learning_rate"}
+        return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(keep.items()))
 
-    origin = ("the reference few-shot recipe, unchanged" if (cfg.meta, cfg.finetune) ==
-              (SEED_RECIPE_META, SEED_RECIPE_FINETUNE) else "set in config.json")
+    recipe = StudyConfig()
+    origin = ("the reference few-shot recipe, unchanged" if (cfg.meta, cfg.finetune) == (recipe.meta, recipe.finetune)
+              else "set in config.json")
     return (f"{origin} (meta stage: {fmt(cfg.meta)}; fine-tuning: {fmt(cfg.finetune)}); no setting was tuned "
             "on a test set, and every checkpoint is selected on a dev set")
 
 
-def study_config_from(file_settings: dict[str, Any], overrides: dict[str, Any]) -> StudyConfig:
-    """Merge a config file's settings with CLI overrides (CLI wins); stage sections merge key by key."""
-    merged = dict(file_settings)
-    for key, value in overrides.items():
-        if key in ("meta", "finetune", "typicality"):
-            merged[key] = {**merged.get(key, {}), **value}
-        else:
-            merged[key] = value
-    defaults = StudyConfig()
-    for key in ("meta", "finetune"):
-        merged[key] = {**getattr(defaults, key), **merged.get(key, {})}
-    try:
-        return StudyConfig.from_dict(merged)
-    except TypeError as exc:
-        raise ConfigError(f"bad study settings: {exc}") from None
-
-
-__all__ = ["ABLATIONS", "STANDARD_SEEDS", "StudyConfig", "VARIANTS", "run_study"]
+__all__ = ["StudyConfig", "run_study"]

@@ -32,18 +32,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import MetaConfig, TypicalityConfig
+from .config import MetaConfig, TypicalityConfig, TypicalitySettings
 from .corpora import read_mft_tsv
-from .errors import ConfigError, DataError, MetaftError
+from .errors import DataError, MetaftError
 from .features import Collator, encode
 from .fileio import atomic_path, sha256_file, write_json, write_text
 from .hub import load_encoder, load_tokenizer, usable_max_length
 from .pooling import check_pooling, pool
 from .records import Example
+from .settings import choices
 
 logger = logging.getLogger(__name__)
 
-AGGREGATIONS = ("mean-prototype", "mean-cosine")
+AGGREGATIONS = choices(TypicalitySettings, "aggregation")
+_DEFAULTS = TypicalitySettings()  # the declared defaults, for callers of the functions below
 HEADER = "uid\tdomain\tlabel\tscore"
 
 
@@ -90,8 +92,8 @@ def embed_encoded(
     ids: Sequence[np.ndarray],
     type_ids: Sequence[np.ndarray] | None,
     model,
-    pooling: str = "mean",
-    batch_size: int = 64,
+    pooling: str = _DEFAULTS.pooling,
+    batch_size: int = _DEFAULTS.batch_size,
     pad_id: int = 0,
     pad_to: int | None = None,
 ) -> np.ndarray:
@@ -127,10 +129,10 @@ def embed_examples(
     examples: Sequence[Example],
     model,
     tokenizer,
-    pooling: str = "mean",
-    max_length: int = 128,
-    batch_size: int = 64,
-    use_cache: bool = True,
+    pooling: str = _DEFAULTS.pooling,
+    max_length: int = _DEFAULTS.max_length,
+    batch_size: int = _DEFAULTS.batch_size,
+    use_cache: bool = _DEFAULTS.use_cache,
     pad_to: int | None = None,
 ) -> np.ndarray:
     """Tokenise (cached, :func:`metaft.features.encode`) and embed examples -> [N, H] float32."""
@@ -158,8 +160,8 @@ def typicality_scores(
     embeddings: np.ndarray,
     domains: Sequence[str],
     labels: Sequence[str],
-    alpha: float = 0.5,
-    aggregation: str = "mean-prototype",
+    alpha: float = _DEFAULTS.alpha,
+    aggregation: str = _DEFAULTS.aggregation,
 ) -> tuple[np.ndarray, dict[tuple[str, str], np.ndarray], int]:
     """Typicality of every example, in float64.
 
@@ -169,10 +171,7 @@ def typicality_scores(
     E = np.asarray(embeddings, dtype=np.float64)
     if E.ndim != 2 or len(domains) != len(E) or len(labels) != len(E):
         raise ValueError(f"need embeddings [N, H] and N domains/labels, got {E.shape}, {len(domains)}, {len(labels)}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
-    if aggregation not in AGGREGATIONS:
-        raise ConfigError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
+    TypicalitySettings(alpha=alpha, aggregation=aggregation)  # the declared checks
     groups: dict[tuple[str, str], list[int]] = {}
     for i, key in enumerate(zip(domains, labels)):
         groups.setdefault(key, []).append(i)

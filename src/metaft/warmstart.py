@@ -1,4 +1,4 @@
-"""Head warm start (``head_init probe``; Kumar et al., ICLR 2022, "LP-FT", :func:`probe_warm_start`): before
+"""Head warm start (``head probe``; Kumar et al., ICLR 2022, "LP-FT", :func:`probe_warm_start`): before
 fine-tuning, the fresh head's last linear layer is fitted by L2-regularised logistic regression on the features
 that layer sees (the model in eval mode, so without dropout), C chosen on the dev split (grid 10^-3 .. 10^3;
 ties keep the smallest C, the most regularised head); fine-tuning then starts from a head that already

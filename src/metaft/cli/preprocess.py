@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..config import TypicalityConfig
 from ..errors import ConfigError
+from ..settings import add_arguments, from_args
 
 logger = logging.getLogger(__name__)
 
@@ -35,22 +36,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("data", nargs="?", metavar="DATA_DIR_OR_FILE",
                    help="a prepared folder holding train.tsv, or a `text<TAB>domain<TAB>label` file")
-    p.add_argument("--data_dir", "--data-dir", dest="data_dir", help="same as DATA_DIR_OR_FILE")
-    p.add_argument("--model", "--model_load_dir", dest="model", default="minilm",
-                   help="hub id, local HF folder or alias (default: minilm = packaged all-MiniLM-L6-v2)")
-    p.add_argument("--pooling", choices=("mean", "cls", "pooler"), default="mean",
-                   help="masked mean over tokens (default), [CLS] vector, or the BERT pooler output")
-    p.add_argument("--alpha", type=float, default=0.5, help="weight of the own-domain prototype (default 0.5)")
-    p.add_argument("--aggregation", choices=("mean-prototype", "mean-cosine"), default="mean-prototype",
-                   help="cosine with the mean of the other domains' prototypes (default), or mean of cosines")
-    p.add_argument("--max-length", "--max_length", "--seq_length", dest="max_length", type=int, default=128,
-                   help="tokens per text (longer texts are truncated; default 128)")
-    p.add_argument("--batch-size", "--batch_size", "--batch_size_per_device", dest="batch_size", type=int,
-                   default=64, help="embedding batch size (default 64)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the hub")
+    add_arguments(p, TypicalityConfig)
     seed = p.add_argument_group("seed-system (OneFlow) flags")
-    seed.add_argument("--resave_ofrecord", action="store_true",
-                      help="re-tokenise and rewrite the tokenisation cache (metaft has no OFRecord files)")
     seed.add_argument("--vocab_file", help="ignored: the vocabulary comes from the model folder; if given, it "
                                            "is compared with the model's and a warning is logged on mismatch")
     seed.add_argument("--task_name", help="accepted and ignored (the data folder names the task)")
@@ -115,19 +102,17 @@ def format_table(summary: dict) -> str:
 def run(args) -> int:
     from ..typicality import compute_typicality, score_paths
 
-    data = args.data or args.data_dir
-    if args.data and args.data_dir and args.data != args.data_dir:
-        raise ConfigError(f"two data paths given ({args.data} and --data_dir {args.data_dir}); give one")
+    given = getattr(args, "data_dir", None)
+    data = args.data or given
+    if args.data and given and args.data != given:
+        raise ConfigError(f"two data paths given ({args.data} and --data_dir {given}); give one")
     if not data:
         raise ConfigError("give the data: metaft preprocess DATA_DIR_OR_FILE (or --data_dir)")
-    config = TypicalityConfig(data_dir=data, model=args.model, pooling=args.pooling, alpha=args.alpha,
-                              aggregation=args.aggregation, max_length=args.max_length,
-                              batch_size=args.batch_size, trust_remote_code=args.trust_remote_code,
-                              use_cache=not args.resave_ofrecord)
+    config = from_args(TypicalityConfig, args, data_dir=data)
     paths = score_paths(data)
     _check_counts(args, paths.train)
     if args.vocab_file:
-        check_vocab(args.vocab_file, args.model, args.trust_remote_code)
+        check_vocab(args.vocab_file, config.model, config.trust_remote_code)
     compute_typicality(config)
     summary = json.loads(paths.summary.read_text(encoding="utf-8"))
     print(f"typicality: {summary['n']} examples, {config.model}, {config.pooling} pooling, "

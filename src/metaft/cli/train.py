@@ -7,11 +7,11 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from ..config import COMPILE_MODES, FinetuneConfig, MetaConfig
+from ..config import FinetuneConfig, MetaConfig
 from ..errors import ConfigError
+from ..settings import add_arguments
 
 logger = logging.getLogger(__name__)
-S = argparse.SUPPRESS  # unset flags keep the config dataclass defaults
 
 META_EPILOG = """\
 Output (default runs/meta-<task>-<seed>, <task> = --task_name or the data folder's group, e.g. g1):
@@ -44,72 +44,10 @@ The baseline MFT must beat: the same command with --model minilm (the raw pre-tr
 ONEFLOW_ONLY = ("gpu_num_per_node", "node_num", "num_nodes", "loss_print_every_n_iter", "log_dir")
 
 
-def _layers(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer numbers, got {text!r}") from None
-
-
-def _common(p: argparse.ArgumentParser, cls) -> None:
-    add, d = p.add_argument, cls  # d: the stage's defaults, shown in --help
-    add("--data-dir", "--data_dir", dest="data_dir", default=S, help="prepared folder (train.tsv, dev.tsv, ...)")
-    add("--model", "--model_load_dir", dest="model", default=S,
-        help="hub id, local HF folder or alias (default minilm = packaged all-MiniLM-L6-v2)")
-    add("--out", "--model_save_dir", dest="out", default=S, help="run folder (default: see below)")
-    add("--task-name", "--task_name", dest="task_name", default=S, help="names the run and its snapshots")
-    add("--epochs", "--num_epochs", dest="epochs", type=float, default=S, help=f"epochs, may be fractional (default {d.epochs:g})")
-    add("--batch-size", "--batch_size_per_device", dest="batch_size", type=int, default=S,
-        help=f"training batch size per device (default {d.batch_size})")
-    add("--eval-batch-size", "--dev_batch_size_per_device", "--eval_batch_size_per_device", dest="eval_batch_size",
-        type=int, default=S, help=f"evaluation batch size per device, dev and test (default {d.eval_batch_size})")
-    add("--lr", "--learning-rate", "--learning_rate", dest="learning_rate", type=float, default=S,
-        help=f"peak learning rate of AdamW (default {d.learning_rate:g})")
-    add("--eval-every", "--dev_every_step_num", dest="eval_every", type=int, default=S,
-        help="evaluate on dev every N steps and at the end (0 = once per epoch)")
-    add("--max-length", "--seq_length", "--max_seq_length", dest="max_length", type=int, default=S,
-        help="tokens per text (default 128)")
-    add("--seed", type=int, default=S,
-        help=f"run seed: shuffling, head init, dropout, domain permutations (default {d.seed})")
-    add("--train-limit", "--train_example_num", dest="train_limit", type=int, default=S,
-        help="use the first N training examples (warns when the file has another count)")
-    add("--dev-limit", "--dev_example_num", dest="dev_limit", type=int, default=S, help="first N dev examples")
-    add("--weight-decay", "--weight_decay_rate", dest="weight_decay", type=float, default=S,
-        help=f"AdamW weight decay, not on biases/LayerNorm (default {d.weight_decay:g})")
-    add("--warmup-ratio", "--warmup_proportion", dest="warmup_ratio", type=float, default=S,
-        help=f"linear warm-up share of the steps, then linear decay to 0 (default {d.warmup_ratio:g})")
-    add("--dropout", type=float, default=S, help="classifier dropout (default 0.1)")
-    add("--mixed-precision", dest="mixed_precision", choices=("auto", "no", "bf16", "fp16"), default=S,
-        help="auto (default) = bf16 on CUDA devices that support it, else none")
-    add("--compile", dest="compile_mode", nargs="?", const="default", choices=COMPILE_MODES, default=S,
-        metavar="MODE", help="torch.compile the model for training; MODE: default, reduce-overhead (CUDA graphs: "
-                             "pair it with --pad-to-multiple-of 32 so batches come in a few fixed widths), "
-                             "max-autotune, max-autotune-no-cudagraphs")
-    add("--pad-to-multiple-of", dest="pad_to_multiple_of", type=int, default=S, metavar="N",
-        help="pad each batch to the longest text rounded up to a multiple of N (default 8; 1 = the longest text)")
-    add("--group-by-length", dest="group_by_length", action="store_true", default=S,
-        help="batch texts of similar length together (less padding; the order stays seeded)")
-    add("--save-state-every", dest="save_state_every_s", type=float, default=S, metavar="SECONDS",
-        help=f"save the resumable training state at an evaluation at most this often (default "
-             f"{d.save_state_every_s:g}; 0 = at every evaluation)")
-    add("--resume", action="store_true", default=S, help="continue an interrupted run from its last evaluation")
-    add("--force", action="store_true", default=S, help="overwrite an existing run folder")
-    add("--trust-remote-code", dest="trust_remote_code", action="store_true", default=S)
-    add("--head-pooling", dest="head_pooling", choices=("auto", "mean", "cls", "pooler"), default=S,
-        help=f"classification head: auto = the encoder's declared sentence pooling (a sentence-transformers "
-             f"folder's 1_Pooling), else pooler; mean / cls = masked token mean / first token -> linear; pooler "
-             f"= the architecture's default HF head (default {d.head_pooling})")
-    inits = ", ".join(d.HEAD_INITS)
-    add("--head-init", dest="head_init", choices=d.HEAD_INITS, default=S,
-        help=f"{inits}: reinit = a fresh seeded head; probe = a fresh head fitted first by logistic regression "
-             f"on the frozen features, C chosen on dev (LP-FT)" + ("; keep = the meta-learner's head"
-                                                                   if "keep" in d.HEAD_INITS else "")
-             + f" (default {d.head_init})")
-    add("--head-lr", "--head-learning-rate", dest="head_learning_rate", type=float, default=S,
-        help="peak learning rate of the classification head (default: the same as --lr)")
+def _common(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    """The flags of a training command, generated from the settings of ``cls``, and the seed system's."""
+    add_arguments(p, cls, [f.name for f in dataclasses.fields(cls) if f.name not in skip])
     seed = p.add_argument_group("seed-system (OneFlow) flags")
-    seed.add_argument("--resave_ofrecord", "--no-cache", dest="use_cache", action="store_false", default=S,
-                      help="tokenise afresh, bypassing the tokenisation cache (metaft has no OFRecord files)")
     seed.add_argument("--vocab_file", "--vocab-file", dest="vocab_file", default=None,
                       help="checked only: the vocabulary always comes from the model folder (its embeddings "
                            "match it); a warning is logged when this file differs")
@@ -125,18 +63,7 @@ def register(subparsers) -> None:
         description="Meta fine-tuning: typicality-weighted cross-entropy plus lambda x domain-corruption loss "
                     "on the union of all domains; the best checkpoint on the cross-domain dev set is kept.",
         epilog=META_EPILOG)
-    _common(meta, MetaConfig)
-    add = meta.add_argument
-    add("--domain-loss", dest="domain_loss", choices=("corrupt", "grl", "none"), default=S,
-        help="corrupt (default, the paper's), grl (gradient-reversal ablation) or none")
-    add("--domain-weight", dest="domain_weight", type=float, default=S, help="lambda (default 0.1)")
-    add("--domain-layers", dest="domain_layers", type=_layers, default=S,
-        help="0-based encoder layers of the domain loss, e.g. 2,5,8,11 (default: 4 evenly spaced)")
-    add("--no-typicality", dest="typicality", action="store_false", default=S,
-        help="weight every example 1.0 (ablation); default: scores of `metaft preprocess`")
-    add("--typicality-norm", dest="typicality_norm", choices=("none", "mean", "mean-global"), default=S,
-        help="divide scores by their overall mean (default, chosen on g1 dev sets), their per-domain mean, "
-             "or not at all")
+    _common(meta, MetaConfig, skip=("test_limit",))
     meta.set_defaults(func=run_meta)
 
     ft = subparsers.add_parser(
@@ -145,11 +72,6 @@ def register(subparsers) -> None:
                     "checkpoint: the baseline); the best-dev checkpoint is evaluated on the test set.",
         epilog=FINETUNE_EPILOG)
     _common(ft, FinetuneConfig)
-    ft.add_argument("--test-limit", "--eval_example_num", dest="test_limit", type=int, default=S,
-                    help="first N test examples")
-    ft.add_argument("--head", dest="head_init", choices=FinetuneConfig.HEAD_INITS, default=S,
-                    help="the same as --head-init")
-    ft.add_argument("--domain", default=S, help="the domain to use when the data folder holds several")
     ft.set_defaults(func=run_finetune)
 
 
