@@ -121,7 +121,7 @@ def _meta_finetune(cfg: MetaConfig) -> Path:
 # ----------------------------------------------------------------------------------------------- stage 3
 
 
-def _test(best_dir: Path, test_set: EncodedDataset, cfg: FinetuneConfig, labels: list[str]) -> dict:
+def evaluate_checkpoint(best_dir: Path, test_set: EncodedDataset, cfg: FinetuneConfig, labels: list[str]) -> dict:
     """Evaluate the saved best checkpoint (loaded back from its folder) on the test set."""
     from transformers import AutoModelForSequenceClassification
 
@@ -170,7 +170,7 @@ def _finetune(cfg: FinetuneConfig) -> FinetuneResult:
                          head_params=head_parameters(model))
     result = train(loop_task, cfg, run_dir, resume=status == "resume")
     t0 = time.monotonic()
-    test = _test(result.best_dir, sets["test"], cfg, labels) if "test" in sets else None
+    test = evaluate_checkpoint(result.best_dir, sets["test"], cfg, labels) if "test" in sets else None
     eval_s = time.monotonic() - t0
     results = FinetuneResult(
         task=cfg.task_name or task_name_for(data_dir), domain=splits["train"][0].domain,
