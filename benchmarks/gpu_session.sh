@@ -9,9 +9,12 @@
 #   benchmarks/gpu_session.sh run --meta epochs=0.02 --finetune epochs=0.05)
 #   (1) benchmarks/speed.py --device cuda on a BERT-base-shaped random model: stage 2/3 against the Trainer,
 #       stage 2 compiled (reduce-overhead, widths of 32), % of the bf16 matmul ceiling;
-#   (2) the Amazon study (benchmarks/configs/amazon.yaml) on the half-precision copy of the default model.
-#   Both write into $OUT (at most 8 files come back); copy them into benchmarks/results/ here afterwards:
-#   speed-cuda.json, amazon/{study.json,report.md,config.json,*.png}.
+#   (2) benchmarks/packed.py speed --device cuda: g1 stage-3 units per hour, one unit at a time vs banks of
+#       8 / 32 runs in lock step (issue 17), on the half-precision copy of the default model (120 s cap);
+#   (3) the Amazon study (benchmarks/configs/amazon.yaml) on the half-precision copy of the default model.
+#   They write into $OUT (at most 8 files come back, so the study folder comes back as one amazon.tgz); copy
+#   them into benchmarks/results/ here afterwards: speed-cuda.json, packed-speed-cuda.json, and
+#   amazon/{study.json,report.md,config.json,*.png} from amazon.tgz.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 carry=.gpu-carry
@@ -33,7 +36,7 @@ EOF
 run)
     export PYTHONPATH="$PWD/src" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
     export METAFT_CORPORA=/tmp/corpora OUT="${OUT:-/tmp/gpu-out}"
-    mkdir -p "$METAFT_CORPORA" "$OUT/amazon"
+    mkdir -p "$METAFT_CORPORA" "$OUT"
     tar xzf "$carry/corpora.tgz" -C "$METAFT_CORPORA"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
@@ -42,11 +45,17 @@ run)
         --e2e-scale 0 --minilm "$carry/minilm-fp16" --out "$OUT/speed-cuda.json" || echo "speed.py failed or ran out of its 300 s"
     echo "speed: $(( $(date +%s) - start )) s"
     start=$(date +%s)
+    timeout 120 python3 benchmarks/packed.py speed --device cuda --model "$PWD/$carry/minilm-fp16" --packs 8 32 \
+        --steps 30 --out "$OUT/packed-speed-cuda.json" || echo "packed.py failed or ran out of its 120 s"
+    echo "packed speed: $(( $(date +%s) - start )) s"
+    start=$(date +%s)
     shift
     python3 -m metaft run --config benchmarks/configs/amazon.yaml --model "$PWD/$carry/minilm-fp16" \
         --out /tmp/bench-amazon "$@"
     echo "amazon study: $(( $(date +%s) - start )) s wall"
-    cp /tmp/bench-amazon/{study.json,report.md,config.json} /tmp/bench-amazon/*.png "$OUT/amazon/"
+    mkdir -p /tmp/amazon-out/amazon
+    cp /tmp/bench-amazon/{study.json,report.md,config.json} /tmp/bench-amazon/*.png /tmp/amazon-out/amazon/
+    tar czf "$OUT/amazon.tgz" -C /tmp/amazon-out amazon
     ;;
 *)
     echo "usage: bash benchmarks/gpu_session.sh prepare|run" >&2

@@ -29,7 +29,9 @@ MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 DomainLoss = Literal["corrupt", "grl", "none"]
 TypicalityNorm = Literal["none", "mean", "mean-global"]
-Head = Literal["reinit", "keep"]
+HeadPooling = Literal["auto", "mean", "cls", "pooler"]
+MetaHead = Literal["reinit", "probe"]
+Head = Literal["reinit", "probe", "keep"]
 
 # meta-stage settings of each MFT variant of a study; the baseline has no meta stage
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -179,6 +181,8 @@ class TrainSettings(EncoderSettings):
     """Settings shared by stage 2 (meta fine-tuning) and stage 3 (per-domain fine-tuning)."""
 
     MANAGED: ClassVar[dict[str, str]] = _STUDY_MANAGED
+    # what a run saved before a setting existed did: a changed default must not pass for the old behaviour
+    BEFORE_SETTING: ClassVar[dict[str, Any]] = {"head_pooling": "pooler"}
 
     epochs: float = setting(3.0, gt=0, flags=("--epochs", "--num_epochs"), help="epochs, may be fractional")
     batch_size: int = setting(8, gt=0, flags=("--batch-size", "--batch_size_per_device"),
@@ -211,6 +215,16 @@ class TrainSettings(EncoderSettings):
                                         help="torch.compile the model for training; MODE: reduce-overhead (CUDA "
                                              "graphs) pairs with --pad-to-multiple-of 32 so batches come in a few "
                                              "fixed widths")
+    head_pooling: HeadPooling = setting("pooler", help="classification head: auto = the sentence pooling the "
+                                        "checkpoint declares (a sentence-transformers folder's 1_Pooling), else "
+                                        "pooler; mean / cls = masked token mean / first token -> linear; pooler = "
+                                        "the architecture's own HF head (BERT: [CLS] -> pooler -> linear)")
+    head: MetaHead = setting("reinit", flags=("--head", "--head-init"), help="reinit = a new seeded head; probe = "
+                             "a new head first fitted by logistic regression on the frozen features, C chosen on "
+                             "dev, then everything fine-tuned (LP-FT)")
+    head_learning_rate: float | None = setting(None, gt=0, flags=("--head-lr", "--head-learning-rate"),
+                                               help="peak learning rate of the classification head (default: "
+                                                    "--lr)")
     train_limit: int | None = setting(None, gt=0, flags=("--train-limit", "--train_example_num"),
                                       help="use the first N training examples (warns when the file has another "
                                            "count)")
@@ -266,7 +280,9 @@ class FinetuneSettings(TrainSettings):
     """Stage 3 settings: fine-tuning on one domain."""
 
     learning_rate: float = redefault(TrainSettings, "learning_rate", 1e-5)
-    head: Head = setting("reinit", help="reinit = a new classification head, keep = the meta-learner's")
+    head: Head = setting("reinit", flags=("--head", "--head-init"), help="reinit = a new seeded head; probe = a "
+                         "new head first fitted by logistic regression on the frozen features, C chosen on dev, "
+                         "then everything fine-tuned (LP-FT); keep = the meta-learner's head")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from torch import nn
 
 from .errors import ConfigError, DataError
 from .fileio import recover_folder
+from .heads import build_classifier, classification_head, is_pooled_folder, save_classifier
 from .hub import from_pretrained, resolve_model
 from .losses import grad_reverse
 from .pooling import masked_mean
@@ -94,10 +95,10 @@ class MetaLearner(nn.Module):
 
     @classmethod
     def build(cls, model_name_or_path: str, labels: list[str], domains: list[str], *, domain_loss: str = "corrupt",
-              domain_layers: tuple[int, ...] = (), dropout: float = 0.1,
+              domain_layers: tuple[int, ...] = (), dropout: float = 0.1, pooling: str = "pooler",
               trust_remote_code: bool = False) -> MetaLearner:
-        classifier = _load_sequence_classifier(model_name_or_path, labels, dropout, trust_remote_code,
-                                               ignore_mismatched_sizes=True)
+        """``pooling``: the classification head (mean | cls | pooler, see :mod:`metaft.heads`), resolved."""
+        classifier = build_classifier(model_name_or_path, labels, pooling, dropout, trust_remote_code)
         head = None
         if domain_loss != "none":
             n_layers = classifier.config.num_hidden_layers
@@ -122,7 +123,7 @@ class MetaLearner(nn.Module):
 
     def save(self, folder: str | Path, tokenizer=None) -> None:
         folder = Path(folder)
-        self.classifier.save_pretrained(folder, safe_serialization=True)
+        save_classifier(self.classifier, folder)
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
         meta = {"domains": self.domains, "domain_loss": self.domain_loss, "layers": None}
@@ -205,12 +206,6 @@ def set_head_dropout(model: nn.Module, p: float) -> None:
                 m.p = p
 
 
-def classification_head(model: nn.Module) -> list[nn.Module]:
-    """The modules of a sequence classifier outside its encoder (e.g. BERT's ``classifier``)."""
-    prefix = model.base_model_prefix
-    return [m for name, m in model.named_children() if name != prefix and any(True for _ in m.parameters())]
-
-
 def reinit_head(model: nn.Module, generator: torch.Generator) -> None:
     """Re-initialise the classification head like BERT does (normal(0, initializer_range), zero bias)."""
     std = getattr(model.config, "initializer_range", 0.02)
@@ -227,11 +222,13 @@ def reinit_head(model: nn.Module, generator: torch.Generator) -> None:
 
 
 def load_classifier(source: str, labels: list[str], *, head: str = "reinit", dropout: float = 0.1, seed: int = 0,
-                    trust_remote_code: bool = False):
-    """Stage-3 model: from a meta-learner folder or any pretrained checkpoint.
+                    pooling: str = "pooler", trust_remote_code: bool = False):
+    """Stage-3 model: from a meta-learner folder or any pretrained checkpoint, with a ``pooling`` head
+    (mean | cls | pooler; see :mod:`metaft.heads`).
 
-    ``head='reinit'`` starts a fresh classification head (seeded); ``'keep'`` keeps the meta-learner's head
-    and requires the same label set in the same order.
+    ``head='reinit'`` (and ``'probe'``, whose fitting comes later) starts a fresh classification head (seeded);
+    ``'keep'`` keeps the meta-learner's head and requires the same label set in the same order and the same
+    head pooling.
     """
     path = Path(resolve_model(source))
     if path.is_dir():
@@ -243,8 +240,13 @@ def load_classifier(source: str, labels: list[str], *, head: str = "reinit", dro
         saved = folder_labels(path)
         if saved != list(labels):
             raise ConfigError(f"{source}: --head keep needs labels {saved}, this domain has {list(labels)}")
-    model = _load_sequence_classifier(str(path), labels, dropout, trust_remote_code, ignore_mismatched_sizes=True)
-    if head == "reinit":
+        saved_pooling = "pooler" if not is_pooled_folder(path) else json.loads(
+            (path / "config.json").read_text(encoding="utf-8")).get("pooling")
+        if saved_pooling != pooling:
+            raise ConfigError(f"{source}: --head keep needs the meta-learner's head pooling ({saved_pooling}); this "
+                              f"run asks for {pooling}: pass --head-pooling {saved_pooling} or a fresh head")
+    model = build_classifier(str(path), labels, pooling, dropout, trust_remote_code)
+    if head != "keep":
         reinit_head(model, torch.Generator().manual_seed(seed))
     return model
 

@@ -21,6 +21,7 @@ from .results import BASELINE, MFT, STUDY_FILE, StudyResults, UnitRecord, read_s
 
 logger = logging.getLogger(__name__)
 
+FROZEN_LR = "frozen-LR"  # reference row: logistic regression on frozen embeddings (trains no encoder)
 PLOTS = ("accuracy.png", "curves.png", "typicality.png", "pca.png")
 
 
@@ -87,7 +88,23 @@ def summarise(study: StudyResults) -> dict[str, Any]:
             if v not in (BASELINE, MFT) and (vs_mft := paired(per_seed, mft)):
                 row["vs_mft"] = vs_mft
             rows.append(row)
+        rows += reference_rows(study, d, base)
     return {"domains": domains, "variants": variants_of(study.units), "rows": rows}
+
+
+def reference_rows(study: StudyResults, domain: str, base: dict[int, float]) -> list[dict]:
+    """The frozen-LR reference row of ``domain`` (seeds that have a baseline result, when there are any),
+    with the baseline's paired difference to it in ``baseline_minus``."""
+    per_seed = {r.seed: r.test_accuracy for r in study.frozen_lr if r.domain == domain}
+    per_seed = dict(sorted((s, a) for s, a in per_seed.items() if not base or s in base))
+    if not per_seed:
+        return []
+    mean, std = mean_std(list(per_seed.values()))
+    row = {"domain": domain, "variant": FROZEN_LR, "per_seed": per_seed, "mean": mean, "std": std,
+           "reference": True}
+    if diff := paired(base, per_seed):
+        row["baseline_minus"] = diff
+    return [row]
 
 
 def _pct(mean: float, std: float | None) -> str:
@@ -101,6 +118,8 @@ def domain_table(summary: dict) -> list[str]:
         per_seed = ", ".join(f"{s}: {a * 100:.2f}" for s, a in r["per_seed"].items())
         delta = f"{r['delta_mean'] * 100:+.2f}" if "delta_mean" in r else ""
         wlt = f"{r['wins']} / {r['losses']} / {r['ties']}" if "wins" in r else ""
+        if b := r.get("baseline_minus"):  # the reference row: the baseline against it
+            delta, wlt = f"baseline {b['delta_mean'] * 100:+.2f}", f"{b['wins']} / {b['losses']} / {b['ties']}"
         lines.append(f"| {r['domain']} | {r['variant']} | {_pct(r['mean'], r['std'])} | {per_seed} | {delta} | {wlt} |")
     return lines
 
@@ -176,7 +195,11 @@ def render(study: StudyResults, summary: dict, plots: list[str]) -> str:
         *([f"- **{study.note}**"] if study.note else []),
         f"- hyper-parameters: {study.hyperparameter_note or 'see config.json'}",
         "- accuracy: test set of each domain, checkpoint selected on that domain's dev set; mean ± sample std "
-        "(ddof = 1) over seeds; Δ = mean paired difference to the baseline (same seed and splits).", "",
+        "(ddof = 1) over seeds; Δ = mean paired difference to the baseline (same seed and splits).",
+        *([f"- {FROZEN_LR} (reference, trains no encoder): logistic regression on the frozen encoder's "
+           "mean-pooled, L2-normalised embeddings of each domain's train split, C chosen on dev; its Δ column is "
+           "the baseline minus it, its sign counts the seeds where the baseline is above / below / equal."]
+          if study.frozen_lr else []), "",
         "## Per-domain test accuracy", "", *domain_table(summary), "",
     ]
     verdicts = [r for r in summary["rows"] if r["variant"] == MFT and "delta_mean" in r]

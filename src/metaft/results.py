@@ -56,6 +56,8 @@ class MetaResult:
     seed: int = 0
     dev_history: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    head_pooling: str = "pooler"  # the classification head, resolved (heads.py); older files: pooler
+    head_probe: dict | None = None  # head probe: the logistic regression chosen (C, dev / train accuracy)
 
 
 @dataclass
@@ -81,6 +83,8 @@ class FinetuneResult:
     resumed_from: int | None = None
     dev_history: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    head_pooling: str = "pooler"  # the classification head, resolved (heads.py); older files: pooler
+    head_probe: dict | None = None  # head probe: the logistic regression chosen (C, dev / train accuracy)
 
 
 def write_result(path: str | Path, result: MetaResult | FinetuneResult) -> None:
@@ -140,6 +144,18 @@ class PcaRecord:
 
 
 @dataclass
+class FrozenLRRecord:
+    """The frozen-LR reference of one seed and domain (probe.frozen_lr_reference): no encoder trained."""
+
+    seed: int
+    domain: str
+    test_accuracy: float
+    dev_accuracy: float | None = None
+    C: float | None = None
+    test_n: int | None = None
+
+
+@dataclass
 class StudyResults:
     """``study.json``: the study's settings, the machine and every finished unit, in plan order."""
 
@@ -150,21 +166,25 @@ class StudyResults:
     meta: list[MetaRecord] = field(default_factory=list)
     units: list[UnitRecord] = field(default_factory=list)
     pca: list[PcaRecord] = field(default_factory=list)
+    frozen_lr: list[FrozenLRRecord] = field(default_factory=list)  # reference rows (absent from older studies)
     note: str | None = None  # set on an interim report, never written
 
     def only_seeds(self, seeds: list[int]) -> StudyResults:
         """The study restricted to ``seeds`` (units, meta stages, typicality, PCA)."""
         keep = set(seeds)
         return dataclasses.replace(self, **{k: [x for x in getattr(self, k) if x.seed in keep]
-                                            for k in ("units", "meta", "typicality", "pca")})
+                                            for k in ("units", "meta", "typicality", "pca", "frozen_lr")})
 
 
-_RECORDS = {"typicality": TypicalityRecord, "meta": MetaRecord, "units": UnitRecord, "pca": PcaRecord}
+_RECORDS = {"typicality": TypicalityRecord, "meta": MetaRecord, "units": UnitRecord, "pca": PcaRecord,
+            "frozen_lr": FrozenLRRecord}
 
 
 def write_study(path: str | Path, study: StudyResults) -> None:
     data = dataclasses.asdict(study)
     del data["note"]
+    if not data["frozen_lr"]:  # a study written before the reference existed stays as it was
+        del data["frozen_lr"]
     write_json(path, data)
 
 

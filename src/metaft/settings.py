@@ -229,8 +229,9 @@ class Settings:
 
     def changed_from(self, saved: dict[str, Any], ignored: Collection[str] = ()) -> dict[str, tuple[Any, Any]]:
         """Settings that differ from a saved ``config.json``: {dotted name: (saved, now)}. A setting the saved
-        file lacks (written by a metaft that did not have it yet) counts as its default, so older runs resume."""
-        defaults = _flat(json.loads(json.dumps(type(self).defaults())))
+        file lacks (written by a metaft that did not have it yet) counts as its default, so older runs resume, or as
+        what metaft did before it existed where the class says so (``BEFORE_SETTING``)."""
+        defaults = _flat(json.loads(json.dumps({**type(self).defaults(), **getattr(self, "BEFORE_SETTING", {})})))
         now = _flat(json.loads(json.dumps(self.to_dict())))
         old = {**defaults, **_flat(saved)}
         changed = {}

@@ -33,12 +33,14 @@ from .results import (
     BASELINE,
     STUDY_FILE,
     FinetuneResult,
+    FrozenLRRecord,
     MetaRecord,
     MetaResult,
     PcaRecord,
     StudyResults,
     TypicalityRecord,
     UnitRecord,
+    from_dict,
     write_study,
 )
 from .scheduler import Unit, execute, finished_results, meta_snapshot
@@ -180,6 +182,7 @@ def _run_study(cfg: StudyConfig) -> StudyResults:
         cross = _data_dir(cfg, run, "k-shot-cross", group, seed)
         seconds = _typicality(cfg, cross)
         study.typicality.append(TypicalityRecord(seed, str((cross / "typicality.tsv").relative_to(run)), seconds))
+    study.frozen_lr = _frozen_lr(cfg, run, domains)
     plan = plan_units(cfg, run, group, domains)
     metas: dict[tuple, MetaRecord] = {}
     units: dict[tuple, UnitRecord] = {}
@@ -207,6 +210,19 @@ def _run_study(cfg: StudyConfig) -> StudyResults:
     write_study(run / STUDY_FILE, study)
     write_report(run)
     return study
+
+
+def _frozen_lr(cfg: StudyConfig, run: Path, domains: list[str]) -> list[FrozenLRRecord]:
+    """The report's frozen-LR reference row: per seed and domain, a logistic regression on frozen embeddings."""
+    from .probe import frozen_lr_file
+
+    rows, cache = [], {}  # one encoder and one embedding per text for all seeds
+    for seed in cfg.seeds:
+        folders = {d: _data_dir(cfg, run, "k-shot-single", d, seed) for d in domains}
+        out = run / f"seed-{seed}" / "frozen_lr.json"
+        rows += [from_dict(FrozenLRRecord, {**r, "seed": seed})
+                 for r in frozen_lr_file(folders, cfg.model, out, cfg.force, cache)]
+    return rows
 
 
 def hyperparameter_note(cfg: StudyConfig) -> str:

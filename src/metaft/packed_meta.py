@@ -1,0 +1,182 @@
+"""Stage 2 for many runs at once: ``meta_finetune_packed([MetaConfig, ...], pack=None) -> [best folder, ...]``.
+
+All variants of the meta stage share one bank: the loss terms are per-run coefficients. Every run's stacked
+parameters hold the union of the variants' modules (the classifier plus a domain head with a domain
+embedding); a run without a domain embedding (GRL) or without a domain head (no domain loss) keeps those
+parameters at zero and multiplies their contribution by 0, so it trains exactly what the one-run path trains:
+
+    L_r = mean_i(w_ri * CE_i) + lambda_r * (c_r * L_corrupt + g_r * L_adversarial)
+
+with w the typicality weights (or ones), c_r / g_r = 1 for a corrupt / GRL run, 0 otherwise; the domain
+features of a GRL run pass a gradient reversal of -coefficient (``h.detach() + m * (h - h.detach())``: the
+value of h, gradient m), those of other runs m = 1. Each run's meta-learner folder is what
+:func:`metaft.stages.meta_finetune` writes (its own head kind, snapshot name and ``meta_results.json``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, vmap
+
+from .bank import Bank, Member
+from .config import MetaConfig
+from .features import EncodedDataset
+from .hub import load_tokenizer, usable_max_length
+from .losses import corrupted_domain_targets, grl_coefficient, weighted_cross_entropy
+from .modeling import MODEL_INPUT_KEYS, DomainHead, MetaLearner, default_domain_layers
+from .packed import bank_key, model_config, run_packed
+from .pooling import masked_mean
+from .prepared import label_set, read_split, task_name_for
+from .results import META_RESULTS, MetaResult, read_meta_result
+from .stages import SNAPSHOT_PREFIX, meta_finetune
+from .training import seeded, step_generator
+from .typicality import typicality_weights
+
+CLS = "classifier."
+META_PER_RUN = ("domain_loss", "domain_weight", "typicality", "typicality_norm")
+
+
+class MetaBank(Bank):
+    """A bank of meta-learners (:class:`metaft.modeling.MetaLearner`) with per-run loss coefficients."""
+
+    def __init__(self, members: list[Member], device: torch.device | None = None):
+        super().__init__(members, device)
+        self.cls_buffers = {k[len(CLS):]: v for k, v in self.buffers.items() if k.startswith(CLS)}
+        kinds = [m.cfg.domain_loss for m in members]
+        as_tensor = lambda values, dtype=torch.float32: torch.tensor(values, dtype=dtype, device=self.device)  # noqa: E731
+        self.coeffs = {"use_weights": as_tensor([m.cfg.typicality for m in members], torch.bool),
+                       "lam": as_tensor([m.cfg.domain_weight for m in members]),
+                       "corrupt": as_tensor([k == "corrupt" for k in kinds]),
+                       "grl": as_tensor([k == "grl" for k in kinds])}
+        self.meta_forward = vmap(self._meta_loss, randomness="different")
+
+    def make_template(self, model: MetaLearner) -> MetaLearner:
+        cfg, n_layers = self.members[0].cfg, model.classifier.config.num_hidden_layers
+        self.layers = tuple(cfg.domain_layers) or default_domain_layers(n_layers)
+        self.domains = list(model.domains)
+        head = DomainHead(len(model.domains), model.classifier.config.hidden_size, self.layers, use_embedding=True)
+        return MetaLearner(model.classifier, model.domains, head, "corrupt")
+
+    @staticmethod
+    def hf_model(model: MetaLearner):
+        return model.classifier
+
+    def _meta_loss(self, params: dict, inputs: dict, extra: dict) -> tuple[torch.Tensor, ...]:
+        """One run's (cls, domain, total) losses (vmapped over the runs)."""
+        cls_params = {k[len(CLS):]: v for k, v in params.items() if k.startswith(CLS)}
+        out = functional_call(self.template.classifier, (cls_params, self.cls_buffers), (),
+                              {**inputs, "output_hidden_states": True})
+        weights = torch.where(extra["use_weights"], extra["weights"], torch.ones_like(extra["weights"]))
+        cls = weighted_cross_entropy(out.logits, extra["labels"], weights)
+        emb = F.embedding(extra["domains"], params["domain_head.embedding.weight"])
+        logits = []
+        for layer in self.layers:
+            h = masked_mean(out.hidden_states[layer + 1], extra["mask"])
+            h = h.detach() + extra["reverse"] * (h - h.detach())  # value h; gradient x reverse
+            h = h + extra["corrupt"] * emb
+            logits.append(F.linear(h, params["domain_head.classifier.weight"], params["domain_head.classifier.bias"]))
+        flat = torch.stack(logits).float().reshape(-1, len(self.domains))  # [L * B, K]
+        corrupt = F.cross_entropy(flat, extra["targets"].reshape(-1))
+        adversarial = F.cross_entropy(flat, extra["domains"].repeat(len(self.layers)))
+        domain = extra["corrupt"] * corrupt + extra["grl"] * adversarial
+        return cls, domain, cls + extra["lam"] * domain
+
+    def losses(self, stacked: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        coeff = grl_coefficient(self.step / self.total_steps)
+        targets = torch.stack([
+            corrupted_domain_targets(stacked["domains"][r].cpu(), len(self.layers),
+                                     step_generator(m.cfg.seed, self.step))
+            if m.cfg.domain_loss == "corrupt" else torch.zeros(len(self.layers), stacked["domains"].shape[1],
+                                                                dtype=torch.long)
+            for r, m in enumerate(self.members)]).to(self.device)
+        extra = {**self.coeffs, "reverse": torch.where(self.coeffs["grl"] > 0, -coeff, 1.0),
+                 "labels": stacked["labels"], "weights": stacked["weights"], "domains": stacked["domains"],
+                 "mask": stacked["attention_mask"], "targets": targets}
+        cls, domain, total = self.meta_forward(self.params, self.model_inputs(stacked), extra)
+        return {"cls": cls, "domain": domain, "total": total}
+
+    def eval_logits(self, model: MetaLearner, params: dict, batch: dict) -> torch.Tensor:
+        cls_params = {k[len(CLS):]: v for k, v in params.items() if k.startswith(CLS)}
+        inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+        return functional_call(model.classifier, (cls_params, self.cls_buffers), (), inputs).logits
+
+    def save(self, r: int, folder: Path) -> None:
+        """Run r's meta-learner with its own head kind: none, GRL (no embedding) or corrupt."""
+        kind = self.members[r].cfg.domain_loss
+        with self.as_run(r) as template:
+            head = None
+            if kind != "none":
+                head = DomainHead(len(self.domains), template.classifier.config.hidden_size, self.layers,
+                                  use_embedding=kind == "corrupt")
+                own = head.state_dict()
+                head.load_state_dict({k: v for k, v in template.domain_head.state_dict().items() if k in own})
+            self.members[r].save_fn(MetaLearner(template.classifier, self.domains, head, kind), folder)
+
+
+class PreparedMetaRun:
+    """A pending stage-2 run: data, typicality weights and tokenizer ready, model not loaded yet."""
+
+    bank_class = MetaBank
+    results_file = META_RESULTS
+    read_result = staticmethod(read_meta_result)
+
+    def __init__(self, cfg: MetaConfig):
+        self.cfg, self.run_dir, self.data_dir = cfg, Path(cfg.out), Path(cfg.data_dir)
+        self.train_ex = read_split(self.data_dir, "train", cfg.train_limit, "--train-limit/--train_example_num")
+        self.dev_ex = read_split(self.data_dir, "dev", cfg.dev_limit, "--dev-limit/--dev_example_num")
+        self.labels = label_set(self.data_dir, self.train_ex, {"dev": self.dev_ex})
+        self.domains = sorted({ex.domain for ex in self.train_ex})
+        weights = typicality_weights(cfg, self.data_dir, self.train_ex)
+        self.tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+        self.config = model_config(cfg.model, cfg.trust_remote_code)
+        max_length = usable_max_length(cfg.max_length, self.config, self.tokenizer)
+        label_ids = {lab: i for i, lab in enumerate(self.labels)}
+        domain_ids = {d: i for i, d in enumerate(self.domains)}
+        self.train_set = EncodedDataset(self.train_ex, self.tokenizer, max_length, label_ids, domain_ids, weights,
+                                        cfg.use_cache)
+        self.dev_set = EncodedDataset(self.dev_ex, self.tokenizer, max_length, label_ids, domain_ids, None,
+                                      cfg.use_cache)
+        self.task = cfg.task_name or task_name_for(self.data_dir)
+        shared = cfg.replace(**{k: getattr(MetaConfig, k) for k in META_PER_RUN})
+        self.key = bank_key(shared, len(self.train_set), len(self.labels), self.config) + str(len(self.domains))
+
+    def load_model(self) -> MetaLearner:
+        cfg = self.cfg
+        with seeded(cfg.seed):  # as stages.meta_finetune
+            return MetaLearner.build(cfg.model, self.labels, self.domains, domain_loss=cfg.domain_loss,
+                                     domain_layers=cfg.domain_layers, dropout=cfg.dropout,
+                                     trust_remote_code=cfg.trust_remote_code)
+
+    def member(self) -> Member:
+        return Member(self.cfg, self.run_dir, self.train_set, self.dev_set, self.labels, self.load_model,
+                      lambda model, folder: model.save(folder, self.tokenizer),
+                      best_name=lambda acc: f"{SNAPSHOT_PREFIX}{self.task}_dev_{acc!r}")
+
+    def stale(self, member: Member) -> list[Path]:
+        """Snapshots a killed earlier run left behind."""
+        return [p for p in self.run_dir.glob(f"{SNAPSHOT_PREFIX}*") if p.name != member.best["name"]]
+
+    def results(self, member: Member, total_steps: int, train_s: float, started: float) -> MetaResult:
+        """The one-run path's meta results."""
+        cfg, best_dir = self.cfg, self.run_dir / member.best["name"]
+        return MetaResult(
+            task=self.task, best_dev_accuracy=member.best["accuracy"],
+            best_dev_macro_f1=member.best["dev"]["macro_f1"], best_step=member.best["step"],
+            total_steps=total_steps, best_model=str(best_dir), best_model_name=best_dir.name,
+            wall_time_s=round(time.monotonic() - started, 3), resumed_from=None, labels=self.labels,
+            domains=self.domains, num_examples={"train": len(self.train_ex), "dev": len(self.dev_ex)},
+            model=cfg.model, seed=cfg.seed, dev_history=member.history, config=cfg.to_dict())
+
+
+def meta_finetune_packed(cfgs: Sequence[MetaConfig], pack: int | None = None) -> list[Path]:
+    """Stage 2 for every config, banked (variants with different loss terms share a bank); returns each run's
+    best meta-learner folder, as :func:`metaft.stages.meta_finetune` does, in the order of ``cfgs``."""
+    if pack == 1:
+        return [meta_finetune(cfg) for cfg in cfgs]
+    results = run_packed(cfgs, pack, PreparedMetaRun, meta_finetune)
+    return [Path(cfg.out) / r.best_model_name for cfg, r in zip(cfgs, results)]
