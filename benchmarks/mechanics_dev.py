@@ -116,7 +116,7 @@ def best_dev_until(run: Path, step: int) -> float:
 
 
 def summarise(work: Path, seeds: list[int], out: Path) -> None:
-    from metaft.probe import domain_probe_for_folder, domain_probe_for_model
+    from metaft.domain_probe import domain_probe_for_folder, domain_probe_for_model
 
     rows = []
     for seed in seeds:

@@ -181,7 +181,7 @@ def test_auroc_matches_a_hand_computed_case():
 # ---------------------------------------------------------------------------------------------- probe
 
 def test_probe_separates_distinct_domains_and_is_near_chance_on_identical_ones():
-    from metaft.probe import probe_accuracy
+    from metaft.domain_probe import probe_accuracy
 
     rng = np.random.default_rng(0)
     a, b = rng.normal(0, 1, (40, 8)), rng.normal(0, 1, (40, 8))
@@ -193,7 +193,7 @@ def test_probe_separates_distinct_domains_and_is_near_chance_on_identical_ones()
 
 
 def test_stratified_folds_keep_every_class_in_every_fold():
-    from metaft.probe import stratified_folds
+    from metaft.domain_probe import stratified_folds
 
     folds = stratified_folds([0] * 10 + [1] * 5, 5, seed=0)
     for f in range(5):
@@ -201,8 +201,8 @@ def test_stratified_folds_keep_every_class_in_every_fold():
 
 
 def test_domain_probe_on_texts_with_an_encoder(tiny_model_dir):
+    from metaft.domain_probe import domain_probe
     from metaft.hub import load_encoder, load_tokenizer
-    from metaft.probe import domain_probe
     from metaft.records import Example
 
     movie = ["movie film plot acting story", "film plot boring acting", "great movie story", "the film acting"]

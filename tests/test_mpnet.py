@@ -100,13 +100,15 @@ def test_mpnet_study_end_to_end_then_predict(models_dir, corpora_root, tmp_path,
     """Typicality, stage 2 with the domain head on layers (2, 5, 8, 11) of 12, stage 3, report, plots, predict,
     all through ``--model mpnet``."""
     from metaft.cli import main
-    from metaft.study import StudyConfig, run_study
+    from metaft.config import StudyConfig
+    from metaft.study import run_study
 
     fast = {"epochs": 1, "batch_size": 8, "eval_batch_size": 256, "learning_rate": 1e-4}
-    cfg = StudyConfig(out=str(tmp_path / "study"), corpora=str(corpora_root), group="g1", k=4, seeds=(42,),
-                      model="mpnet", jobs=1, meta=fast, finetune={**fast, "test_limit": 32})
+    cfg = StudyConfig.from_dict(dict(out=str(tmp_path / "study"), corpora=str(corpora_root), group="g1", k=4,
+                                     seeds=(42,), model="mpnet", jobs=1, meta=fast,
+                                     finetune={**fast, "test_limit": 32}))
     study = run_study(cfg)
-    assert {(u["variant"], u["domain"]) for u in study["units"]} == {
+    assert {(u.variant, u.domain) for u in study.units} == {
         (v, d) for v in ("baseline", "mft") for d in ("SST-2", "MR", "CR")}
     out = Path(cfg.out)
     (meta_file,) = out.rglob("metaft_meta.json")
@@ -118,14 +120,14 @@ def test_mpnet_study_end_to_end_then_predict(models_dir, corpora_root, tmp_path,
     for png in ("accuracy.png", "curves.png", "typicality.png", "pca.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    unit = next(u for u in study["units"] if u["variant"] == "mft" and u["domain"] == "SST-2")
+    unit = next(u for u in study.units if u.variant == "mft" and u.domain == "SST-2")
     src = tmp_path / "in.txt"
     src.write_text("a great movie\na terrible and boring plot\n", encoding="utf-8")
     capsys.readouterr()
-    assert main(["predict", "--model", str(out / unit["path"] / "best"), "--input", str(src)]) == 0
+    assert main(["predict", "--model", str(out / unit.path / "best"), "--input", str(src)]) == 0
     rows = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert [r["text"] for r in rows] == ["a great movie", "a terrible and boring plot"]
-    labels = json.loads((out / unit["path"] / "best" / "config.json").read_text())["id2label"].values()
+    labels = json.loads((out / unit.path / "best" / "config.json").read_text())["id2label"].values()
     assert len(labels) == 2 and all(r["label"] in labels for r in rows)
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from metaft.cli import main
 from metaft.report import summarise, write_report
-from metaft.results import StudyResults, UnitRecord
+from metaft.results import StudyResults, UnitRecord, read_study
 
 DOMAINS = ["SST-2", "MR", "CR"]
 VARIANTS = ["baseline", "mft", "no-typicality"]
@@ -81,6 +81,23 @@ def test_report_numbers_equal_an_independent_computation(synthetic_run):
                 assert (wins, losses, ties) == (sum(x > 0 for x in diffs), sum(x < 0 for x in diffs),
                                                 sum(x == 0 for x in diffs))
     assert "ddof = 1" in report
+
+
+def test_the_frozen_lr_reference_row_compares_the_baseline_with_it(synthetic_run):
+    run, study = synthetic_run
+    study["frozen_lr"] = [{"seed": s, "domain": d, "test_accuracy": 0.7 + 0.01 * i, "dev_accuracy": 0.6, "C": 1.0}
+                          for i, (s, d) in enumerate((s, d) for s in SEEDS for d in DOMAINS)]
+    (run / "study.json").write_text(json.dumps(study))
+    rows = _table_rows(write_report(run).read_text(encoding="utf-8"))
+    for d in DOMAINS:
+        ref = {r["seed"]: r["test_accuracy"] for r in study["frozen_lr"] if r["domain"] == d}
+        base = {u["seed"]: u["test_accuracy"] for u in study["units"] if u["domain"] == d and u["variant"] == "baseline"}
+        cells = rows[(d, "frozen-LR")]
+        assert cells[2].startswith(f"{statistics.mean(ref.values()) * 100:.2f} ± ")
+        diffs = [base[s] - ref[s] for s in SEEDS]
+        assert cells[4] == f"baseline {statistics.mean(diffs) * 100:+.2f}"
+        assert cells[5] == f"{sum(x > 0 for x in diffs)} / {sum(x < 0 for x in diffs)} / 0"
+    assert "frozen-LR" not in summarise(read_study(run / "study.json"))["variants"]  # a reference row, not a variant
 
 
 def test_ablations_are_compared_with_full_mft(synthetic_run):

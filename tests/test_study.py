@@ -32,6 +32,10 @@ def test_study_runs_every_unit_and_writes_report(tiny_study):
     assert {m.variant for m in study.meta} == {"mft", "multitask"}
     report = (tmp := Path(cfg.out)) / "report.md"
     assert report.is_file() and "| SST-2 | mft |" in report.read_text()
+    # the frozen-encoder reference: one logistic regression per seed and domain, a row of its own
+    assert sorted(r.domain for r in study.frozen_lr) == ["CR", "MR", "SST-2"]
+    assert all(0.0 <= r.test_accuracy <= 1.0 and r.C > 0 for r in study.frozen_lr)
+    assert "| SST-2 | frozen-LR |" in report.read_text()
     for png in ("accuracy.png", "curves.png", "typicality.png", "pca.png"):
         assert (tmp / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((tmp / "study.json").read_text())

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .errors import writing
+from .errors import DataError, writing
 
 METRICS_FILE = "metrics.jsonl"
 STATE_DIR = "state"
@@ -47,16 +49,36 @@ def save_state(folder: Path, model: nn.Module, optimizer, scheduler, info: dict)
     (folder / "trainer_state.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
 
+@contextlib.contextmanager
+def _state_file(path: Path) -> Iterator[None]:
+    """Any failure to read or apply one file of a saved training state (cut short, other bytes, other
+    contents) becomes one line naming the file."""
+    try:
+        yield
+    except Exception as exc:
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:160]
+        raise DataError(path, f"damaged training state ({detail}); pass --force to start the run over") from None
+
+
 def load_state(folder: Path, model: nn.Module, optimizer, scheduler) -> dict:
     """Restore :func:`save_state`'s files (no unpickling: ``weights_only=True``); returns the info dict."""
     from safetensors.torch import load_model
 
-    load_model(model, str(folder / "model.safetensors"), strict=True)
-    opt = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
-    optimizer.load_state_dict(opt["optimizer"])
-    scheduler.load_state_dict(opt["scheduler"])
-    rng = torch.load(folder / "rng.pt", weights_only=True, map_location="cpu")
-    torch.set_rng_state(rng["cpu"])
-    if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    with _state_file(folder / "trainer_state.json"):
+        info = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+        missing = [k for k in ("step", "total_steps", "best", "elapsed_s", "history", "num_processes")
+                   if k not in info] if isinstance(info, dict) else ["JSON object"]
+        if missing:
+            raise KeyError(f"no {', '.join(missing)}")
+    with _state_file(folder / "model.safetensors"):
+        load_model(model, str(folder / "model.safetensors"), strict=True)
+    with _state_file(folder / "optimizer.pt"):
+        opt = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
+        optimizer.load_state_dict(opt["optimizer"])
+        scheduler.load_state_dict(opt["scheduler"])
+    with _state_file(folder / "rng.pt"):
+        rng = torch.load(folder / "rng.pt", weights_only=True, map_location="cpu")
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    return info

@@ -18,7 +18,7 @@ from .errors import ConfigError
 from .fileio import write_json
 from .hub import DEFAULT_MODEL
 from .pooling import POOLINGS
-from .settings import Settings, field_map, setting
+from .settings import Settings, field_map, on_off, parse_k, setting
 
 STANDARD_SEEDS = (13, 21, 42, 87, 100)
 MAX_SEED = 2**32 - 1
@@ -29,14 +29,12 @@ MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 DomainLoss = Literal["corrupt", "grl", "none"]
 TypicalityNorm = Literal["none", "mean", "mean-global"]
-Head = Literal["reinit", "keep"]
+HeadPooling = Literal["auto", "mean", "cls", "pooler"]
+MetaHead = Literal["reinit", "probe"]
+Head = Literal["reinit", "probe", "keep"]
 Corruption = Literal["permute", "uniform"]
 Space = Literal["raw", "normalized"]
 
-
-def _on_off(value: Any) -> Any:
-    """``on`` / ``off`` (the words of the issue and the guide) for a boolean setting."""
-    return {"on": True, "off": False}.get(value, value) if isinstance(value, str) else value
 
 # meta-stage settings of each MFT variant of a study; the baseline has no meta stage
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -53,19 +51,6 @@ Ablation = Literal[ABLATIONS]  # noqa: F821 - the names of VARIANTS, not spelled
 # are the stages' own defaults.
 SEED_RECIPE_META = {"epochs": 63, "batch_size": 4, "eval_every": 100}
 SEED_RECIPE_FINETUNE = {"epochs": 64, "batch_size": 2, "eval_every": 50}
-
-
-def parse_k(value: Any) -> int | None:
-    """K, examples per label and domain: a positive integer, or None / "full" for the whole pool."""
-    if value is None or (isinstance(value, str) and value.strip().lower() == "full"):
-        return None
-    try:
-        k = int(value)
-    except (TypeError, ValueError, OverflowError):
-        k = 0
-    if isinstance(value, bool) or k <= 0 or str(k) != str(value).strip():
-        raise ConfigError(f"k must be a positive integer or 'full', got {value!r}")
-    return k
 
 
 def _ablations(value: Any) -> Any:
@@ -125,6 +110,7 @@ class PrepareConfig(SplitSettings, Saved):
 
     out: str = setting("data", help="output folder")
     seeds: tuple[int, ...] = setting(STANDARD_SEEDS, metavar="SEED", ge=0, le=MAX_SEED, help="k-shot sampling seeds")
+    force: bool = setting(False, help="overwrite prepared folders that hold splits of other data")
 
     def check(self) -> None:
         super().check()
@@ -188,6 +174,8 @@ class TrainSettings(EncoderSettings):
     """Settings shared by stage 2 (meta fine-tuning) and stage 3 (per-domain fine-tuning)."""
 
     MANAGED: ClassVar[dict[str, str]] = _STUDY_MANAGED
+    # what a run saved before a setting existed did: a changed default must not pass for the old behaviour
+    BEFORE_SETTING: ClassVar[dict[str, Any]] = {"head_pooling": "pooler"}
 
     epochs: float = setting(3.0, gt=0, flags=("--epochs", "--num_epochs"), help="epochs, may be fractional")
     batch_size: int = setting(8, gt=0, flags=("--batch-size", "--batch_size_per_device"),
@@ -220,6 +208,16 @@ class TrainSettings(EncoderSettings):
                                         help="torch.compile the model for training; MODE: reduce-overhead (CUDA "
                                              "graphs) pairs with --pad-to-multiple-of 32 so batches come in a few "
                                              "fixed widths")
+    head_pooling: HeadPooling = setting("pooler", help="classification head: auto = the sentence pooling the "
+                                        "checkpoint declares (a sentence-transformers folder's 1_Pooling), else "
+                                        "pooler; mean / cls = masked token mean / first token -> linear; pooler = "
+                                        "the architecture's own HF head (BERT: [CLS] -> pooler -> linear)")
+    head: MetaHead = setting("reinit", flags=("--head", "--head-init"), help="reinit = a new seeded head; probe = "
+                             "a new head first fitted by logistic regression on the frozen features, C chosen on "
+                             "dev, then everything fine-tuned (LP-FT)")
+    head_learning_rate: float | None = setting(None, gt=0, flags=("--head-lr", "--head-learning-rate"),
+                                               help="peak learning rate of the classification head (default: "
+                                                    "--lr)")
     train_limit: int | None = setting(None, gt=0, flags=("--train-limit", "--train_example_num"),
                                       help="use the first N training examples (warns when the file has another "
                                            "count)")
@@ -257,7 +255,7 @@ class MetaSettings(TrainSettings):
     corruption: Corruption = setting("permute", help="corrupted domain labels: permute = the reference code's "
                                      "in-batch permutation (at small batches it often keeps the true domain), "
                                      "uniform = drawn independently of the true domain, uniformly over the group's")
-    domain_embedding: bool = setting(True, parse=_on_off, flags=("--no-domain-embedding",),
+    domain_embedding: bool = setting(True, parse=on_off, flags=("--no-domain-embedding",),
                                      help="leave out the domain head's true-domain embedding (on by default, the "
                                           "reference head: it lets the head fit the target without the encoder); "
                                           "in files and --meta: domain_embedding=on|off")
@@ -282,7 +280,9 @@ class FinetuneSettings(TrainSettings):
     """Stage 3 settings: fine-tuning on one domain."""
 
     learning_rate: float = redefault(TrainSettings, "learning_rate", 1e-5)
-    head: Head = setting("reinit", help="reinit = a new classification head, keep = the meta-learner's")
+    head: Head = setting("reinit", flags=("--head", "--head-init"), help="reinit = a new seeded head; probe = a "
+                         "new head first fitted by logistic regression on the frozen features, C chosen on dev, "
+                         "then everything fine-tuned (LP-FT); keep = the meta-learner's head")
 
 
 @dataclass(frozen=True)

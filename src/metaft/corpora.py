@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import DataError
 from .fileio import atomic_path
-from .records import Collector, Example, clean_field, content_uid, read_bytes, read_lines
+from .records import Collector, ControlCharacters, Example, clean_field, content_uid, read_bytes, read_lines
 
 
 def _mft_rows(path: Path, empty_ok: bool = False) -> list[tuple[int, Example]]:
@@ -20,6 +20,7 @@ def _mft_rows(path: Path, empty_ok: bool = False) -> list[tuple[int, Example]]:
     raw = read_bytes(path, empty_ok=empty_ok)
     rows: list[tuple[int, Example]] = []
     seen: dict[str, int] = {}
+    controls = ControlCharacters(path)
     for lineno, line_bytes in enumerate(raw.split(b"\n"), start=1):
         try:
             line = line_bytes.decode("utf-8")
@@ -31,6 +32,7 @@ def _mft_rows(path: Path, empty_ok: bool = False) -> list[tuple[int, Example]]:
                 lineno,
             ) from None
         line = line.rstrip("\r").lstrip("\ufeff")  # a BOM may start a line of concatenated files
+        line = controls.clean(lineno, line)
         if not line.strip():
             continue
         cols = line.split("\t")
@@ -63,6 +65,7 @@ def _mft_rows(path: Path, empty_ok: bool = False) -> list[tuple[int, Example]]:
         rows.append(
             (lineno, Example(content_uid(domain, text, pair, label, occurrence), text, label, domain, pair))
         )
+    controls.report()
     return rows
 
 
@@ -118,6 +121,7 @@ def _jsonl_rows(path: Path) -> list[tuple[int, Example]]:
         if pair is not None and not isinstance(pair, str):
             raise DataError(path, "'text_pair' must be a string", lineno)
         out.add(row["text"], str(row["label"]), lineno, pair, domain=str(row["domain"]))
+    out.done()
     return list(zip(out.lines, out.examples))
 
 

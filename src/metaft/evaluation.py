@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .errors import MetaftError
+
 LogitsFn = Callable[[nn.Module, dict], torch.Tensor]  # (model, batch) -> logits [B, C]
 
 
@@ -25,17 +27,30 @@ def classification_metrics(preds: torch.Tensor, golds: torch.Tensor, labels: lis
             "per_label": per_label}
 
 
+class NonFiniteError(MetaftError):
+    """The model's weights or outputs hold NaN / inf: the run diverged."""
+
+
 def evaluate(model: nn.Module, loader, logits_fn: LogitsFn, accelerator, labels: list[str]) -> dict:
-    """Classification metrics of ``model`` on all examples of ``loader`` (no duplicates under DDP)."""
+    """Classification metrics of ``model`` on all examples of ``loader`` (no duplicates under DDP).
+
+    Non-finite logits (a diverged model) raise :class:`NonFiniteError`: an argmax over NaN means nothing.
+    """
     was_training = model.training
     model.eval()
-    preds, golds = [], []
+    preds, golds, bad = [], [], []
     with torch.inference_mode():
         for batch in loader:
             with accelerator.autocast():
                 logits = logits_fn(model, batch)  # [B, C]
-            p, y = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"]))
+            p, y, nf = accelerator.gather_for_metrics(
+                (logits.argmax(-1), batch["labels"], (~torch.isfinite(logits)).any(-1)))
             preds.append(p.cpu())
             golds.append(y.cpu())
+            bad.append(nf.cpu())
     model.train(was_training)
+    if (n_bad := int(torch.cat(bad).sum())) > 0:
+        raise NonFiniteError(f"the model gives non-finite logits (NaN / inf) for {n_bad} of "
+                             f"{sum(len(p) for p in preds)} evaluation examples: its weights are damaged or "
+                             "the run diverged (lower the learning rate)")
     return classification_metrics(torch.cat(preds), torch.cat(golds), labels)

@@ -15,7 +15,7 @@ import logging
 import os
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +66,27 @@ def from_pretrained(auto_class, source: str | Path, trust_remote_code: bool = Fa
     comes from autocast)."""
     import torch
 
+    check_weight_files(source)
     return auto_class.from_pretrained(source, use_safetensors=True, dtype=torch.float32,
                                       trust_remote_code=trust_remote_code, **kwargs)
+
+
+def check_weight_files(folder: str | Path) -> None:
+    """A :class:`DataError` naming the first damaged ``*.safetensors`` file of a local model folder (cut short,
+    overwritten with other bytes): the safetensors header must parse and cover the whole file. Reads only the
+    headers; a hub id (no local folder) is left to transformers."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as fh:
+                fh.keys()
+        except Exception as exc:  # SafetensorError, OSError, ...: the file is unusable in any case
+            raise DataError(file, f"damaged weights file ({_one_line(exc, 120)}); restore it, or train or "
+                                  "download the model again") from None
 
 
 def resolve_model(name_or_path: str | Path) -> str:
@@ -128,7 +147,7 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
     source = resolve_model(name_or_path)
     try:
         return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # a damaged tokenizer file raises whatever its parser raises
         raise _load_error(name_or_path, "tokenizer", exc, trust_remote_code) from None
 
 
@@ -139,7 +158,9 @@ def load_encoder(name_or_path: str | Path, trust_remote_code: bool = False):
     source = resolve_model(name_or_path)
     try:
         return from_pretrained(AutoModel, source, trust_remote_code)
-    except (OSError, ValueError) as exc:
+    except DataError:
+        raise
+    except Exception as exc:  # damaged weights or config raise whatever their parser raises
         raise _load_error(name_or_path, "model", exc, trust_remote_code) from None
 
 

@@ -19,8 +19,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .fileio import recover_folder
+from .heads import build_classifier, classification_head, is_pooled_folder, save_classifier
 from .hub import from_pretrained, resolve_model
 from .losses import grad_reverse
 from .pooling import masked_mean
@@ -98,10 +99,11 @@ class MetaLearner(nn.Module):
 
     @classmethod
     def build(cls, model_name_or_path: str, labels: list[str], domains: list[str], *, domain_loss: str = "corrupt",
-              domain_layers: tuple[int, ...] = (), dropout: float = 0.1, trust_remote_code: bool = False,
-              domain_embedding: bool = True, corruption: str = "permute") -> MetaLearner:
-        classifier = _load_sequence_classifier(model_name_or_path, labels, dropout, trust_remote_code,
-                                               ignore_mismatched_sizes=True)
+              domain_layers: tuple[int, ...] = (), dropout: float = 0.1, pooling: str = "pooler",
+              trust_remote_code: bool = False, domain_embedding: bool = True,
+              corruption: str = "permute") -> MetaLearner:
+        """``pooling``: the classification head (mean | cls | pooler, see :mod:`metaft.heads`), resolved."""
+        classifier = build_classifier(model_name_or_path, labels, pooling, dropout, trust_remote_code)
         head = None
         if domain_loss != "none":
             n_layers = classifier.config.num_hidden_layers
@@ -126,7 +128,7 @@ class MetaLearner(nn.Module):
 
     def save(self, folder: str | Path, tokenizer=None) -> None:
         folder = Path(folder)
-        self.classifier.save_pretrained(folder, safe_serialization=True)
+        save_classifier(self.classifier, folder)
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
         meta = {"domains": self.domains, "domain_loss": self.domain_loss, "layers": None,
@@ -143,24 +145,34 @@ class MetaLearner(nn.Module):
         """Load a saved meta-learner (classifier + domain head) from its folder."""
         folder = Path(folder)
         recover_folder(folder)
-        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+        try:
+            meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+            layers, domains, domain_loss = meta["layers"], list(meta["domains"]), str(meta["domain_loss"])
+        except Exception as exc:  # missing, not JSON, not the expected object
+            raise DataError(folder / META_FILE, f"not a readable meta-learner description ({exc!r})") from None
         classifier = _load_sequence_classifier(str(folder), folder_labels(folder), None, trust_remote_code)
         head = None
-        if meta["layers"] is not None:
+        if layers is not None:
             # folders written before domain_embedding existed: the embedding was there exactly with corrupt
-            embedding = meta.get("domain_embedding", meta["domain_loss"] == "corrupt")
-            head = DomainHead(len(meta["domains"]), classifier.config.hidden_size, tuple(meta["layers"]),
-                              use_embedding=bool(embedding))
-            head.load_state_dict(load_file(str(folder / DOMAIN_HEAD_FILE)))
-        corruption = meta.get("corruption", "permute" if meta["domain_loss"] == "corrupt" else None)
-        return cls(classifier, meta["domains"], head, meta["domain_loss"], corruption)
+            embedding = meta.get("domain_embedding", domain_loss == "corrupt")
+            try:
+                head = DomainHead(len(domains), classifier.config.hidden_size, tuple(layers),
+                                  use_embedding=bool(embedding))
+                head.load_state_dict(load_file(str(folder / DOMAIN_HEAD_FILE)))
+            except Exception as exc:  # SafetensorError, missing or mismatched tensors
+                raise DataError(folder / DOMAIN_HEAD_FILE, f"damaged domain head ({exc!r:.200})") from None
+        corruption = meta.get("corruption", "permute" if domain_loss == "corrupt" else None)
+        return cls(classifier, domains, head, domain_loss, corruption)
 
 
 def folder_labels(folder: str | Path) -> list[str]:
     """The label strings of a saved classifier, in id order."""
-    config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
-    id2label = config.get("id2label") or {}
-    return [id2label[k] for k in sorted(id2label, key=int)]
+    path = Path(folder) / "config.json"
+    try:
+        id2label = json.loads(path.read_text(encoding="utf-8")).get("id2label") or {}
+        return [str(id2label[k]) for k in sorted(id2label, key=int)]
+    except Exception as exc:  # unreadable, not JSON, keys that are not numbers
+        raise DataError(path, f"no readable id2label ({exc!r:.200})") from None
 
 
 def _load_sequence_classifier(source: str, labels: list[str], dropout: float | None, trust_remote_code: bool,
@@ -177,11 +189,22 @@ def _load_sequence_classifier(source: str, labels: list[str], dropout: float | N
             kwargs["classifier_dropout"] = dropout
         model = from_pretrained(AutoModelForSequenceClassification, path, trust_remote_code,
                                 ignore_mismatched_sizes=ignore_mismatched_sizes, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{source}: cannot load model ({exc})") from None
+    except DataError:
+        raise
+    except Exception as exc:  # damaged weights or config raise whatever their parser raises
+        raise ConfigError(f"{source}: cannot load model ({' '.join(str(exc).split())[:300]})") from None
+    if bad := non_finite_parameters(model):  # a run from it would stop at a NaN loss, blaming the learning rate
+        raise DataError(source, f"{len(bad)} weight tensor(s) hold NaN / inf (e.g. {bad[0]}): the model is "
+                                "damaged or its training diverged")
     if dropout is not None:
         set_head_dropout(model, dropout)
     return model
+
+
+def non_finite_parameters(model: nn.Module) -> list[str]:
+    """Names of the parameters holding NaN or inf."""
+    with torch.no_grad():
+        return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
 
 
 def set_head_dropout(model: nn.Module, p: float) -> None:
@@ -191,12 +214,6 @@ def set_head_dropout(model: nn.Module, p: float) -> None:
         for m in head.modules():
             if isinstance(m, nn.Dropout):
                 m.p = p
-
-
-def classification_head(model: nn.Module) -> list[nn.Module]:
-    """The modules of a sequence classifier outside its encoder (e.g. BERT's ``classifier``)."""
-    prefix = model.base_model_prefix
-    return [m for name, m in model.named_children() if name != prefix and any(True for _ in m.parameters())]
 
 
 def reinit_head(model: nn.Module, generator: torch.Generator) -> None:
@@ -215,11 +232,13 @@ def reinit_head(model: nn.Module, generator: torch.Generator) -> None:
 
 
 def load_classifier(source: str, labels: list[str], *, head: str = "reinit", dropout: float = 0.1, seed: int = 0,
-                    trust_remote_code: bool = False):
-    """Stage-3 model: from a meta-learner folder or any pretrained checkpoint.
+                    pooling: str = "pooler", trust_remote_code: bool = False):
+    """Stage-3 model: from a meta-learner folder or any pretrained checkpoint, with a ``pooling`` head
+    (mean | cls | pooler; see :mod:`metaft.heads`).
 
-    ``head='reinit'`` starts a fresh classification head (seeded); ``'keep'`` keeps the meta-learner's head
-    and requires the same label set in the same order.
+    ``head='reinit'`` (and ``'probe'``, whose fitting comes later) starts a fresh classification head (seeded);
+    ``'keep'`` keeps the meta-learner's head and requires the same label set in the same order and the same
+    head pooling.
     """
     path = Path(resolve_model(source))
     if path.is_dir():
@@ -231,8 +250,13 @@ def load_classifier(source: str, labels: list[str], *, head: str = "reinit", dro
         saved = folder_labels(path)
         if saved != list(labels):
             raise ConfigError(f"{source}: --head keep needs labels {saved}, this domain has {list(labels)}")
-    model = _load_sequence_classifier(str(path), labels, dropout, trust_remote_code, ignore_mismatched_sizes=True)
-    if head == "reinit":
+        saved_pooling = "pooler" if not is_pooled_folder(path) else json.loads(
+            (path / "config.json").read_text(encoding="utf-8")).get("pooling")
+        if saved_pooling != pooling:
+            raise ConfigError(f"{source}: --head keep needs the meta-learner's head pooling ({saved_pooling}); this "
+                              f"run asks for {pooling}: pass --head-pooling {saved_pooling} or a fresh head")
+    model = build_classifier(str(path), labels, pooling, dropout, trust_remote_code)
+    if head != "keep":
         reinit_head(model, torch.Generator().manual_seed(seed))
     return model
 

@@ -19,6 +19,10 @@ CLI prints as one line and exits with code 2):
   a blank line is a line without its label.
 * Strings that are not valid Unicode (lone surrogates, e.g. a JSON ``"\\ud800"`` or ``&#xD800;``) are
   refused rather than passed on to fail later.
+* Control characters: a NUL (U+0000) is refused naming the line (it means a binary or UTF-16 file, and
+  C libraries cut strings at it); the other control characters that are not whitespace (U+0001-U+0008,
+  U+000E-U+001B, U+007F-U+009F but U+0085) are removed with one counted warning per file (tokenisers drop
+  them anyway; the published Amazon reviews hold a few U+001A where an accented letter was lost).
 * Duplicated lines are kept here (their uids get ``#n``); :mod:`metaft.domains` decides what they mean.
 """
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +63,36 @@ def clean_field(value: str) -> str:
     Stray byte-order marks (U+FEFF, e.g. inside files concatenated from BOM-started ones) are dropped.
     """
     return " ".join(value.replace("\ufeff", "").split())
+
+
+# control characters that str.split() does not treat as whitespace (so clean_field would keep them)
+CONTROL_CHARACTERS = re.compile("[\x01-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]")
+
+
+class ControlCharacters:
+    """Removes control characters from one file's fields, counting them; a NUL is a DataError."""
+
+    def __init__(self, path: Path):
+        self.path, self.count, self.lines = path, 0, []
+
+    def clean(self, lineno: int, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if "\x00" in value:
+            raise DataError(self.path, f"NUL character (U+0000) at character {value.index(chr(0)) + 1}: the file "
+                                       "looks binary or UTF-16 without a byte-order mark; remove it", lineno)
+        cleaned, n = CONTROL_CHARACTERS.subn("", value)
+        if n:
+            self.count += n
+            if not self.lines or self.lines[-1] != lineno:
+                self.lines.append(lineno)
+        return cleaned
+
+    def report(self) -> None:
+        if self.count:
+            shown = ", ".join(map(str, self.lines[:5])) + (" ..." if len(self.lines) > 5 else "")
+            logger.warning("%s: removed %d control character(s) from %d line(s) (line %s)", self.path,
+                           self.count, len(self.lines), shown)
 
 
 def read_bytes(path: Path, utf: bool = True, empty_ok: bool = False) -> bytes:
@@ -123,14 +158,16 @@ class Collector:
         self.lines: list[int] = []  # line of each example
         self.empty_lines: list[int] = []
         self._seen: dict[str, int] = {}
+        self.controls = ControlCharacters(path)
 
     def add(
         self, text: str, label: str, lineno: int, text_pair: str | None = None, domain: str | None = None
     ) -> None:
-        domain = clean_field(domain or self.domain)
-        label = clean_field(label)
-        text = clean_field(text)
-        pair = None if text_pair is None else clean_field(text_pair)
+        clean = self.controls.clean
+        domain = clean_field(clean(lineno, domain or self.domain))
+        label = clean_field(clean(lineno, label))
+        text = clean_field(clean(lineno, text))
+        pair = None if text_pair is None else clean_field(clean(lineno, text_pair))
         check_unicode(self.path, lineno, text=text, text_pair=pair, label=label, domain=domain)
         if not text:
             if self.empty_is_error:
@@ -149,6 +186,7 @@ class Collector:
         self.lines.append(lineno)
 
     def done(self) -> list[Example]:
+        self.controls.report()
         if self.empty_lines:
             shown = ", ".join(map(str, self.empty_lines[:5])) + (" ..." if len(self.empty_lines) > 5 else "")
             logger.warning("%s: skipped %d empty text(s) (line %s)", self.path, len(self.empty_lines), shown)

@@ -8,6 +8,7 @@ also compared with full MFT the same way, which is what says whether the part it
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import defaultdict
@@ -21,6 +22,7 @@ from .results import BASELINE, MFT, STUDY_FILE, StudyResults, UnitRecord, read_s
 
 logger = logging.getLogger(__name__)
 
+FROZEN_LR = "frozen-LR"  # reference row: logistic regression on frozen embeddings (trains no encoder)
 PLOTS = ("accuracy.png", "curves.png", "typicality.png", "pca.png")
 
 
@@ -87,7 +89,23 @@ def summarise(study: StudyResults) -> dict[str, Any]:
             if v not in (BASELINE, MFT) and (vs_mft := paired(per_seed, mft)):
                 row["vs_mft"] = vs_mft
             rows.append(row)
+        rows += reference_rows(study, d, base)
     return {"domains": domains, "variants": variants_of(study.units), "rows": rows}
+
+
+def reference_rows(study: StudyResults, domain: str, base: dict[int, float]) -> list[dict]:
+    """The frozen-LR reference row of ``domain`` (seeds that have a baseline result, when there are any),
+    with the baseline's paired difference to it in ``baseline_minus``."""
+    per_seed = {r.seed: r.test_accuracy for r in study.frozen_lr if r.domain == domain}
+    per_seed = dict(sorted((s, a) for s, a in per_seed.items() if not base or s in base))
+    if not per_seed:
+        return []
+    mean, std = mean_std(list(per_seed.values()))
+    row = {"domain": domain, "variant": FROZEN_LR, "per_seed": per_seed, "mean": mean, "std": std,
+           "reference": True}
+    if diff := paired(base, per_seed):
+        row["baseline_minus"] = diff
+    return [row]
 
 
 def _pct(mean: float, std: float | None) -> str:
@@ -101,6 +119,8 @@ def domain_table(summary: dict) -> list[str]:
         per_seed = ", ".join(f"{s}: {a * 100:.2f}" for s, a in r["per_seed"].items())
         delta = f"{r['delta_mean'] * 100:+.2f}" if "delta_mean" in r else ""
         wlt = f"{r['wins']} / {r['losses']} / {r['ties']}" if "wins" in r else ""
+        if b := r.get("baseline_minus"):  # the reference row: the baseline against it
+            delta, wlt = f"baseline {b['delta_mean'] * 100:+.2f}", f"{b['wins']} / {b['losses']} / {b['ties']}"
         lines.append(f"| {r['domain']} | {r['variant']} | {_pct(r['mean'], r['std'])} | {per_seed} | {delta} | {wlt} |")
     return lines
 
@@ -178,7 +198,11 @@ def render(study: StudyResults, summary: dict, plots: list[str]) -> str:
            "every result below was trained under that noise**"] if cfg.get("label_noise") else []),
         f"- hyper-parameters: {study.hyperparameter_note or 'see config.json'}",
         "- accuracy: test set of each domain, checkpoint selected on that domain's dev set; mean ± sample std "
-        "(ddof = 1) over seeds; Δ = mean paired difference to the baseline (same seed and splits).", "",
+        "(ddof = 1) over seeds; Δ = mean paired difference to the baseline (same seed and splits).",
+        *([f"- {FROZEN_LR} (reference, trains no encoder): logistic regression on the frozen encoder's "
+           "mean-pooled, L2-normalised embeddings of each domain's train split, C chosen on dev; its Δ column is "
+           "the baseline minus it, its sign counts the seeds where the baseline is above / below / equal."]
+          if study.frozen_lr else []), "",
         "## Per-domain test accuracy", "", *domain_table(summary), "",
     ]
     verdicts = [r for r in summary["rows"] if r["variant"] == MFT and "delta_mean" in r]
@@ -203,6 +227,73 @@ def render(study: StudyResults, summary: dict, plots: list[str]) -> str:
     return "\n".join(parts)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_records(path: Path, study: dict, key: str, fields: dict[str, type | tuple[type, ...]]) -> None:
+    """``study[key]`` (if present) must be a list of objects with ``fields`` of the given types."""
+    from .errors import DataError
+
+    records = study.get(key, [])
+    if not isinstance(records, list):
+        raise DataError(path, f"'{key}' must be a list, found {type(records).__name__}")
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise DataError(path, f"{key}[{i}] must be an object, found {type(rec).__name__}")
+        for name, kind in fields.items():
+            value = rec.get(name)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                found = "missing" if name not in rec else f"{type(value).__name__} {value!r:.40}"
+                raise DataError(path, f"{key}[{i}].{name}: expected {getattr(kind, '__name__', 'a number')}, "
+                                      f"found {found}")
+
+
+def check_study(path: Path, study: Any) -> dict:
+    """``study`` (read from ``path``) if it has what a report needs, else one DataError naming the problem.
+
+    An accuracy that is not a finite number in [0, 1] (e.g. NaN from a diverged run) is refused rather than
+    shown: a mean over it would be NaN, and the reading above the tables would be wrong."""
+    from .errors import DataError
+
+    if not isinstance(study, dict):
+        raise DataError(path, f"expected a JSON object, found {type(study).__name__}")
+    if not isinstance(study.get("config", {}), dict):
+        raise DataError(path, "'config' must be an object")
+    number = (int, float)
+    _check_records(path, study, "units", {"seed": int, "variant": str, "domain": str, "test_accuracy": number})
+    _check_records(path, study, "meta", {"seed": int, "variant": str, "dev_accuracy": number})
+    _check_records(path, study, "typicality", {"seed": int, "path": str})
+    _check_records(path, study, "pca", {"seed": int, "path": str})
+    for key, field in (("units", "test_accuracy"), ("meta", "dev_accuracy")):
+        for i, rec in enumerate(study.get(key, [])):
+            value = rec[field]
+            if not math.isfinite(value) or not 0 <= value <= 1:
+                raise DataError(path, f"{key}[{i}] (seed {rec['seed']}, {rec['variant']}"
+                                      f"{', ' + rec['domain'] if 'domain' in rec else ''}): {field} {value} is not "
+                                      "an accuracy (a finite number in [0, 1]); redo that unit (metaft run --force)")
+            for name in ("test_n", "wall_time_s"):
+                if rec.get(name) is not None and (not _is_number(rec[name]) or not math.isfinite(rec[name]) or rec[name] < 0):
+                    raise DataError(path, f"{key}[{i}].{name}: expected a number >= 0, found {rec[name]!r:.40}")
+    return study
+
+
+def load_study(run_dir: str | Path) -> dict:
+    """A study folder's ``study.json``, checked (:func:`check_study`); errors name the file."""
+    from .errors import DataError
+
+    path = Path(run_dir) / "study.json"
+    try:
+        study = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(path, "no study.json here: run `metaft run` first") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(path, f"cannot read it ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"not valid JSON ({exc.msg})", exc.lineno) from None
+    return check_study(path, study)
+
+
 def write_report(run_dir: str | Path, complete_only: bool = False) -> Path:
     """Rebuild ``report.md`` and the plots of a study folder from its ``study.json``; ``complete_only``: only
     the seeds whose every unit has finished (an interim report of a study still running)."""
@@ -210,6 +301,7 @@ def write_report(run_dir: str | Path, complete_only: bool = False) -> Path:
 
     run_dir = Path(run_dir)
     path = run_dir / STUDY_FILE
+    load_study(run_dir)  # its fields and accuracies checked before they are trusted
     study = read_study(path)
     if complete_only:
         seeds, planned = complete_seeds(study), study.config.get("seeds", [])

@@ -56,6 +56,8 @@ class MetaResult:
     seed: int = 0
     dev_history: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    head_pooling: str = "pooler"  # the classification head, resolved (heads.py); older files: pooler
+    head_probe: dict | None = None  # head probe: the logistic regression chosen (C, dev / train accuracy)
 
 
 @dataclass
@@ -81,6 +83,8 @@ class FinetuneResult:
     resumed_from: int | None = None
     dev_history: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    head_pooling: str = "pooler"  # the classification head, resolved (heads.py); older files: pooler
+    head_probe: dict | None = None  # head probe: the logistic regression chosen (C, dev / train accuracy)
 
 
 def write_result(path: str | Path, result: MetaResult | FinetuneResult) -> None:
@@ -143,6 +147,18 @@ class PcaRecord:
 
 
 @dataclass
+class FrozenLRRecord:
+    """The frozen-LR reference of one seed and domain (probe.frozen_lr_reference): no encoder trained."""
+
+    seed: int
+    domain: str
+    test_accuracy: float
+    dev_accuracy: float | None = None
+    C: float | None = None
+    test_n: int | None = None
+
+
+@dataclass
 class StudyResults:
     """``study.json``: the study's settings, the machine and every finished unit, in plan order."""
 
@@ -155,23 +171,26 @@ class StudyResults:
     pca: list[PcaRecord] = field(default_factory=list)
     domain_probe: list[dict] = field(default_factory=list)  # mechanisms.study_checks: one per seed and variant
     label_noise: list[dict] = field(default_factory=list)  # one per seed of a label-noise study
+    frozen_lr: list[FrozenLRRecord] = field(default_factory=list)  # reference rows (absent from older studies)
     note: str | None = None  # set on an interim report, never written
 
     def only_seeds(self, seeds: list[int]) -> StudyResults:
         """The study restricted to ``seeds`` (units, meta stages, typicality, PCA)."""
         keep = set(seeds)
-        kept = {k: [x for x in getattr(self, k) if x.seed in keep] for k in ("units", "meta", "typicality", "pca")}
+        kept = {k: [x for x in getattr(self, k) if x.seed in keep]
+                for k in ("units", "meta", "typicality", "pca", "frozen_lr")}
         kept.update({k: [x for x in getattr(self, k) if x["seed"] in keep] for k in ("domain_probe", "label_noise")})
         return dataclasses.replace(self, **kept)
 
 
-_RECORDS = {"typicality": TypicalityRecord, "meta": MetaRecord, "units": UnitRecord, "pca": PcaRecord}
+_RECORDS = {"typicality": TypicalityRecord, "meta": MetaRecord, "units": UnitRecord, "pca": PcaRecord,
+            "frozen_lr": FrozenLRRecord}
 
 
 def write_study(path: str | Path, study: StudyResults) -> None:
     data = dataclasses.asdict(study)
     del data["note"]
-    for key in ("domain_probe", "label_noise"):  # mechanism checks: absent, as before, when there are none
+    for key in ("domain_probe", "label_noise", "frozen_lr"):  # absent, as before, when there are none
         if not data[key]:
             del data[key]
     for record in data["typicality"]:

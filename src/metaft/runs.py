@@ -1,7 +1,8 @@
 """The run folder of one training stage: refuse, resume or start it, write its settings, mark it finished.
 
 A run folder holds ``config.json`` (the settings), ``metrics.jsonl``, checkpoints, the training state while
-unfinished and a results file once finished. A resumed run must keep the settings that shape its results.
+unfinished and a results file once finished. A resumed run must keep the settings that shape its results
+and the inputs it trained on (``inputs.json``: split files, typicality scores, start model).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from .checkpoints import METRICS_FILE, STATE_DIR
 from .devices import process_state
 from .errors import ConfigError
+from .inputs import check_inputs, record_inputs, stage_inputs
 from .locking import LOCK_FILE
 from .results import FinetuneResult, MetaResult, write_result
 
@@ -58,6 +60,7 @@ def open_run(run_dir: Path, cfg, done_file: str) -> str:
         hint = "--force to overwrite it" if finished else "--resume to continue it or --force to start over"
         raise ConfigError(f"{run_dir}: holds {what}; pass {hint} (or choose another output folder)")
     check_same_config(run_dir, cfg)
+    check_inputs(run_dir, stage_inputs(cfg))
     return "done" if finished else "resume"
 
 
@@ -76,6 +79,7 @@ def start_run(run_dir: Path, cfg, status: str) -> None:
                     shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / CONFIG_FILE)
+        record_inputs(run_dir, stage_inputs(cfg))
         (run_dir / METRICS_FILE).touch()
     state.wait_for_everyone()
 

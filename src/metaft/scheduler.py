@@ -139,9 +139,8 @@ def execute(cfg, plan: list[Unit], group: str, on_done, run_unit: RunUnit) -> No
 
     todo = []
     for unit in plan:
-        done = finished_results(cfg, unit)
-        if done is not None and (unit.needs is None or unit.needs in snapshots):
-            finish(unit, done)
+        if finished_results(cfg, unit) is not None and (unit.needs is None or unit.needs in snapshots):
+            finish(unit, run_unit(cfg, unit, model_for(unit), group))  # a finished unit: checked, not rerun
         else:
             todo.append(unit)
     jobs = min(resolve_jobs(cfg.jobs), len(todo)) if todo else 1

@@ -229,8 +229,9 @@ class Settings:
 
     def changed_from(self, saved: dict[str, Any], ignored: Collection[str] = ()) -> dict[str, tuple[Any, Any]]:
         """Settings that differ from a saved ``config.json``: {dotted name: (saved, now)}. A setting the saved
-        file lacks (written by a metaft that did not have it yet) counts as its default, so older runs resume."""
-        defaults = _flat(json.loads(json.dumps(type(self).defaults())))
+        file lacks (written by a metaft that did not have it yet) counts as its default, so older runs resume, or as
+        what metaft did before it existed where the class says so (``BEFORE_SETTING``)."""
+        defaults = _flat(json.loads(json.dumps({**type(self).defaults(), **getattr(self, "BEFORE_SETTING", {})})))
         now = _flat(json.loads(json.dumps(self.to_dict())))
         old = {**defaults, **_flat(saved)}
         changed = {}
@@ -353,3 +354,23 @@ def from_args(cls: type, args: argparse.Namespace, **values: Any):
     """``cls`` built from the parsed flags that name its settings (unset flags keep its defaults)."""
     names = field_map(cls)
     return cls(**{**{k: v for k, v in vars(args).items() if k in names}, **values})
+
+
+# ------------------------------------------------------------------------------- value parsers of settings
+
+def parse_k(value: Any) -> int | None:
+    """K, examples per label and domain: a positive integer, or None / "full" for the whole pool."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "full"):
+        return None
+    try:
+        k = int(value)
+    except (TypeError, ValueError, OverflowError):
+        k = 0
+    if isinstance(value, bool) or k <= 0 or str(k) != str(value).strip():
+        raise ConfigError(f"k must be a positive integer or 'full', got {value!r}")
+    return k
+
+
+def on_off(value: Any) -> Any:
+    """``on`` / ``off`` (the words of the issue and the guide) for a boolean setting."""
+    return {"on": True, "off": False}.get(value, value) if isinstance(value, str) else value

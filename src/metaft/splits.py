@@ -21,10 +21,11 @@ from collections import Counter
 from pathlib import Path
 
 from .config import PrepareConfig
-from .corpora import write_mft_tsv
+from .corpora import format_mft_line, write_mft_tsv
 from .domains import DomainData, duplicate_key, hold_out, resolve_group
 from .errors import ConfigError
 from .fileio import sha256_file, write_json
+from .inputs import check_prepared_folder
 from .records import Example
 
 logger = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def prepare(config: PrepareConfig) -> list[Path]:
             for domain in domains:
                 _check_full_train(domain, full_split(domain.pool, config.dev_fraction, seed)[0], seed)
     out = Path(config.out)
-    written: list[Path] = []
+    planned: list[tuple[Path, dict[str, list[Example]], dict]] = []  # folder, splits, manifest
     for seed in config.seeds:
         tag = f"{'full' if config.k is None else config.k}-{seed}"
         common = {
@@ -155,7 +156,7 @@ def prepare(config: PrepareConfig) -> list[Path]:
                 "sources": domain.sources,
             }
             folder = out / "k-shot-single" / domain.name / tag
-            written.append(_write_folder(folder, {"train": train, "dev": dev, "test": domain.test}, meta))
+            planned.append((folder, {"train": train, "dev": dev, "test": domain.test}, meta))
         meta = {
             "layout": "k-shot-cross",
             "name": group,
@@ -165,10 +166,11 @@ def prepare(config: PrepareConfig) -> list[Path]:
             "test_texts_removed_from_pool": {d.name: _removed(d) for d in domains},
             "sources": {k: v for d in domains for k, v in d.sources.items()},
         }
-        written.append(
-            _write_folder(out / "k-shot-cross" / group / tag, {"train": train_all, "dev": dev_all}, meta)
-        )
-    return written
+        planned.append((out / "k-shot-cross" / group / tag, {"train": train_all, "dev": dev_all}, meta))
+    for folder, splits, meta in planned:  # refuse before anything is written
+        rendered = {f"{s}.tsv": "".join(map(format_mft_line, exs)).encode("utf-8") for s, exs in splits.items()}
+        check_prepared_folder(folder, rendered, meta, config.force)
+    return [_write_folder(folder, splits, meta) for folder, splits, meta in planned]
 
 
 def _check_full_train(domain: DomainData, train: list[Example], seed: int) -> None:

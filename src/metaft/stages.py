@@ -15,9 +15,11 @@ import torch
 
 from .config import FinetuneConfig, MetaConfig
 from .devices import make_accelerator, process_state
-from .evaluation import evaluate
+from .errors import ConfigError
+from .evaluation import NonFiniteError, evaluate
 from .features import EncodedDataset, eval_loader
 from .fileio import recover_folder
+from .heads import head_parameters, resolve_pooling, save_classifier
 from .hub import from_pretrained, load_tokenizer, usable_max_length
 from .locking import run_lock
 from .losses import grl_coefficient, mft_loss, weighted_cross_entropy
@@ -27,6 +29,7 @@ from .results import META_RESULTS, RESULTS, FinetuneResult, MetaResult, read_fin
 from .runs import finish_run, open_run, start_run
 from .training import LoopTask, planned_steps, seeded, step_generator, train
 from .typicality import typicality_weights
+from .warmstart import probe_warm_start
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +58,13 @@ def _meta_loss_fn(cfg: MetaConfig, total_steps: int):
     return loss_fn
 
 
+def warm_start(cfg, classifier, train_set: EncodedDataset, dev_set: EncodedDataset) -> dict | None:
+    """``head probe``: fit the fresh head on the frozen features first (see :mod:`metaft.warmstart`)."""
+    if cfg.head != "probe":
+        return None
+    return probe_warm_start(classifier, train_set, dev_set, cfg.eval_batch_size)
+
+
 # ----------------------------------------------------------------------------------------------- stage 2
 
 def meta_finetune(cfg: MetaConfig) -> Path:
@@ -76,9 +86,10 @@ def _meta_finetune(cfg: MetaConfig) -> Path:
     domains = sorted({ex.domain for ex in train_ex})
     weights = typicality_weights(cfg, data_dir, train_ex)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    pooling = resolve_pooling(cfg.head_pooling, cfg.model)
     with seeded(cfg.seed):
         model = MetaLearner.build(cfg.model, labels, domains, domain_loss=cfg.domain_loss,
-                                  domain_layers=cfg.domain_layers, dropout=cfg.dropout,
+                                  domain_layers=cfg.domain_layers, dropout=cfg.dropout, pooling=pooling,
                                   trust_remote_code=cfg.trust_remote_code, domain_embedding=cfg.domain_embedding,
                                   corruption=cfg.corruption)
     label_ids, domain_ids = {lab: i for i, lab in enumerate(labels)}, {d: i for i, d in enumerate(domains)}
@@ -86,6 +97,7 @@ def _meta_finetune(cfg: MetaConfig) -> Path:
     train_set = EncodedDataset(train_ex, tokenizer, max_length, label_ids, domain_ids, weights, cfg.use_cache)
     dev_set = EncodedDataset(dev_ex, tokenizer, max_length, label_ids, domain_ids, None, cfg.use_cache)
     task = cfg.task_name or task_name_for(data_dir)
+    probe = warm_start(cfg, model.classifier, train_set, dev_set)
     start_run(run_dir, cfg, status)
     loop_task = LoopTask(
         model, train_set, dev_set, labels,
@@ -93,6 +105,7 @@ def _meta_finetune(cfg: MetaConfig) -> Path:
         logits_fn=lambda m, batch: m(batch).logits,
         save_fn=lambda m, folder: m.save(folder, tokenizer),
         best_name=lambda acc: f"{SNAPSHOT_PREFIX}{task}_dev_{acc!r}",
+        head_params=head_parameters(model.classifier),
     )
     result = train(loop_task, cfg, run_dir, resume=status == "resume")
     stale = [p for p in run_dir.glob(f"{SNAPSHOT_PREFIX}*") if p.name != result.best_dir.name]  # killed runs
@@ -102,7 +115,7 @@ def _meta_finetune(cfg: MetaConfig) -> Path:
         best_model_name=result.best_dir.name, wall_time_s=round(result.wall_time_s, 3),
         resumed_from=result.resumed_from, labels=labels, domains=domains,
         num_examples={"train": len(train_ex), "dev": len(dev_ex)}, model=cfg.model, seed=cfg.seed,
-        dev_history=result.history, config=cfg.to_dict(),
+        dev_history=result.history, config=cfg.to_dict(), head_pooling=pooling, head_probe=probe,
     ), stale)
     return result.best_dir
 
@@ -115,11 +128,17 @@ def evaluate_checkpoint(best_dir: Path, test_set: EncodedDataset, cfg: FinetuneC
     from transformers import AutoModelForSequenceClassification
 
     recover_folder(best_dir)
-    model = from_pretrained(AutoModelForSequenceClassification, best_dir, cfg.trust_remote_code)
+    try:
+        model = from_pretrained(AutoModelForSequenceClassification, best_dir, cfg.trust_remote_code)
+    except (OSError, ValueError, RuntimeError) as exc:  # a damaged file is a DataError already
+        raise ConfigError(f"{best_dir}: cannot load the best checkpoint ({exc})") from None
     accelerator = make_accelerator(cfg.mixed_precision)
     model = accelerator.prepare_model(model, evaluation_mode=True)  # no DDP wrapper: inference only
     loader = eval_loader(test_set, cfg.eval_batch_size, accelerator, cfg.pad_to_multiple_of, cfg.pad_to_length)
-    return evaluate(model, loader, hf_logits, accelerator, labels)
+    try:
+        return evaluate(model, loader, hf_logits, accelerator, labels)
+    except NonFiniteError as exc:
+        raise NonFiniteError(f"{best_dir}: {exc}") from None
 
 
 def finetune(cfg: FinetuneConfig) -> FinetuneResult:
@@ -140,20 +159,23 @@ def _finetune(cfg: FinetuneConfig) -> FinetuneResult:
     splits = domain_splits(cfg, data_dir)
     labels = label_set(data_dir, splits["train"], {k: v for k, v in splits.items() if k != "train"})
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    pooling = resolve_pooling(cfg.head_pooling, cfg.model)
     with seeded(cfg.seed):
         model = load_classifier(cfg.model, labels, head=cfg.head, dropout=cfg.dropout, seed=cfg.seed,
-                                trust_remote_code=cfg.trust_remote_code)
+                                pooling=pooling, trust_remote_code=cfg.trust_remote_code)
     label_ids = {lab: i for i, lab in enumerate(labels)}
     max_length = usable_max_length(cfg.max_length, model.config, tokenizer)
     sets = {k: EncodedDataset(v, tokenizer, max_length, label_ids, None, None, cfg.use_cache)
             for k, v in splits.items()}
 
     def save_fn(m, folder: Path) -> None:
-        m.save_pretrained(folder, safe_serialization=True)
+        save_classifier(m, folder)
         tokenizer.save_pretrained(folder)
 
+    probe = warm_start(cfg, model, sets["train"], sets["dev"])
     start_run(run_dir, cfg, status)
-    loop_task = LoopTask(model, sets["train"], sets["dev"], labels, ce_loss, hf_logits, save_fn)
+    loop_task = LoopTask(model, sets["train"], sets["dev"], labels, ce_loss, hf_logits, save_fn,
+                         head_params=head_parameters(model))
     result = train(loop_task, cfg, run_dir, resume=status == "resume")
     t0 = time.monotonic()
     test = evaluate_checkpoint(result.best_dir, sets["test"], cfg, labels) if "test" in sets else None
@@ -168,6 +190,7 @@ def _finetune(cfg: FinetuneConfig) -> FinetuneResult:
         timings={"train_s": round(result.wall_time_s, 3), "eval_s": round(eval_s, 3),
                  "total_s": round(time.monotonic() - t_start, 3)},
         resumed_from=result.resumed_from, dev_history=result.history, config=cfg.to_dict(),
+        head_pooling=pooling, head_probe=probe,
     )
     finish_run(run_dir, RESULTS, results)
     return results

@@ -29,18 +29,21 @@ from .analysis import embedding_pca
 from .config import VARIANTS, FinetuneConfig, MetaConfig, PrepareConfig, StudyConfig, TypicalityConfig
 from .errors import ConfigError
 from .fileio import read_json
+from .inputs import check_inputs, file_sha256, stage_inputs
 from .locking import run_lock
 from .mechanisms import TYPICALITY_CHECKS
 from .results import (
     BASELINE,
     STUDY_FILE,
     FinetuneResult,
+    FrozenLRRecord,
     MetaRecord,
     MetaResult,
     PcaRecord,
     StudyResults,
     TypicalityRecord,
     UnitRecord,
+    from_dict,
     write_study,
 )
 from .scheduler import Unit, execute, finished_results, meta_snapshot
@@ -75,7 +78,7 @@ def _prepare(cfg: StudyConfig, run: Path) -> tuple[str, list[str]]:
     """Write (or rewrite identically) the splits; returns the group name and its domains."""
     from .splits import prepare
 
-    folders = prepare(PrepareConfig(**cfg.prepare.values(), out=str(run / "data"), seeds=cfg.seeds))
+    folders = prepare(PrepareConfig(**cfg.prepare.values(), out=str(run / "data"), seeds=cfg.seeds, force=cfg.force))
     cross = next(f for f in folders if f.parts[-3] == "k-shot-cross")
     manifest = json.loads((cross / "manifest.json").read_text(encoding="utf-8"))
     return cross.parts[-2], list(manifest["domains"])
@@ -85,6 +88,10 @@ def _typicality(cfg: StudyConfig, cross: Path) -> float:
     from .typicality import compute_typicality
 
     if (cross / "typicality.tsv").is_file() and (cross / "typicality.json").is_file() and not cfg.force:
+        recorded = (read_json(cross / "typicality.json") or {}).get("train_sha256")
+        if recorded != file_sha256(cross / "train.tsv"):
+            raise ConfigError(f"{cross / 'typicality.tsv'}: computed from another train.tsv than the current one; "
+                              "the meta stages trained on it would be stale: pass --force to redo the study")
         return 0.0
     t0 = time.perf_counter()
     compute_typicality(TypicalityConfig(**cfg.typicality.values(), data_dir=str(cross), model=cfg.model))
@@ -137,22 +144,34 @@ def plan_units(cfg: StudyConfig, run: Path, group: str, domains: list[str]) -> l
     return units
 
 
-def run_unit(cfg: StudyConfig, unit: Unit, model: str, group: str) -> MetaResult | FinetuneResult:
-    """Run one unit unless it is finished (in this process or a worker); returns its results."""
-    from .stages import finetune, meta_finetune
-
-    done = finished_results(cfg, unit)
-    if done is not None:
-        return done
+def stage_config(cfg: StudyConfig, unit: Unit, model: str, group: str) -> MetaConfig | FinetuneConfig:
+    """The stage settings of a unit (``model``: what a fine-tuning run starts from)."""
     common = dict(data_dir=str(unit.data), out=str(unit.out), seed=unit.seed,
                   resume=not cfg.force and unit.out.exists(), force=cfg.force)
     if unit.domain is None:
-        logger.info("seed %s: meta-finetune %s", unit.seed, unit.variant)
         settings = {**cfg.meta.values(), **VARIANTS[unit.variant], "task_name": group}
-        meta_finetune(MetaConfig(**settings, model=cfg.model, **common))
+        return MetaConfig(**settings, model=cfg.model, **common)
+    return FinetuneConfig(**cfg.finetune.values(), model=model, **common)
+
+
+def run_unit(cfg: StudyConfig, unit: Unit, model: str, group: str) -> MetaResult | FinetuneResult:
+    """Run one unit unless it is finished (in this process or a worker); returns its results.
+
+    A finished unit trained on other inputs (split files, typicality scores, start model) than the current
+    ones is refused, never reused."""
+    from .stages import finetune, meta_finetune
+
+    stage = stage_config(cfg, unit, model, group)
+    done = finished_results(cfg, unit)
+    if done is not None:
+        check_inputs(unit.out, stage_inputs(stage))
+        return done
+    if unit.domain is None:
+        logger.info("seed %s: meta-finetune %s", unit.seed, unit.variant)
+        meta_finetune(stage)
     else:
         logger.info("seed %s: finetune %s on %s", unit.seed, unit.variant, unit.domain)
-        finetune(FinetuneConfig(**cfg.finetune.values(), model=model, **common))
+        finetune(stage)
     return unit.results()
 
 
@@ -177,6 +196,7 @@ def _run_study(cfg: StudyConfig) -> StudyResults:
         summary = read_json(cross / "typicality.json") or {}
         study.typicality.append(TypicalityRecord(seed, str((cross / "typicality.tsv").relative_to(run)), seconds,
                                                  **{k: summary.get(k) for k in TYPICALITY_CHECKS}))
+    study.frozen_lr = _frozen_lr(cfg, run, domains)
     plan = plan_units(cfg, run, group, domains)
     metas: dict[tuple, MetaRecord] = {}
     units: dict[tuple, UnitRecord] = {}
@@ -212,8 +232,8 @@ def study_checks(run: Path, model: str, crosses: dict[int, Path], snapshots: dic
                  layers: tuple[int, ...] = (), force: bool = False) -> tuple[list[dict], list[dict]]:
     """The study's domain-probe rows (one per seed and meta-learner variant) and label-noise rows (one per
     seed, only for noisy folders); probes are cached in ``RUN/seed-<s>/domain_probe.json``."""
+    from .domain_probe import PROBE_FILE, seed_probes
     from .noise import noise_check
-    from .probe import PROBE_FILE, seed_probes
 
     probe_rows, noise_rows = [], []
     for seed, cross in crosses.items():
@@ -224,6 +244,19 @@ def study_checks(run: Path, model: str, crosses: dict[int, Path], snapshots: dic
         if (check := noise_check(cross)) is not None:
             noise_rows.append({"seed": seed, **check})
     return probe_rows, noise_rows
+
+
+def _frozen_lr(cfg: StudyConfig, run: Path, domains: list[str]) -> list[FrozenLRRecord]:
+    """The report's frozen-LR reference row: per seed and domain, a logistic regression on frozen embeddings."""
+    from .probe import frozen_lr_file
+
+    rows, cache = [], {}  # one encoder and one embedding per text for all seeds
+    for seed in cfg.seeds:
+        folders = {d: _data_dir(cfg, run, "k-shot-single", d, seed) for d in domains}
+        out = run / f"seed-{seed}" / "frozen_lr.json"
+        rows += [from_dict(FrozenLRRecord, {**r, "seed": seed})
+                 for r in frozen_lr_file(folders, cfg.model, out, cfg.force, cache)]
+    return rows
 
 
 def hyperparameter_note(cfg: StudyConfig) -> str:

@@ -32,9 +32,10 @@ from torch import nn
 from .checkpoints import STATE_DIR, append_metrics, load_state, save_state, truncate_metrics
 from .devices import make_accelerator, process_state
 from .errors import ConfigError, MetaftError
-from .evaluation import LogitsFn, evaluate
+from .evaluation import LogitsFn, NonFiniteError, evaluate
 from .features import Collator, EncodedDataset, eval_loader
 from .fileio import recover_folder, save_atomic
+from .modeling import non_finite_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class LoopTask:
     logits_fn: LogitsFn
     save_fn: SaveFn
     best_name: Callable[[float], str] = lambda accuracy: "best"  # folder name of the best checkpoint
+    head_params: list[nn.Parameter] = field(default_factory=list)  # trained at cfg.head_learning_rate
 
 
 @dataclass
@@ -148,19 +150,26 @@ def keep_freed_memory() -> bool:
     return _MALLOC_TUNED
 
 
-def build_optimizer(model: nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, learning_rate: float, weight_decay: float,
+                    head_params: list[nn.Parameter] = (), head_learning_rate: float | None = None
+                    ) -> torch.optim.AdamW:
     """AdamW; weight decay on weight matrices and embeddings only (no decay on biases or LayerNorm).
+    ``head_params`` (the classification head) get ``head_learning_rate`` (default: ``learning_rate``) in
+    groups of their own; the schedule scales every group's rate by the same factor.
 
     The fused implementation (one kernel over all parameters) is used: at few-shot batch sizes the optimiser
     step of a small encoder otherwise costs about as much as its forward and backward passes.
     """
-    decay, no_decay = [], []
+    head_ids = {id(p) for p in head_params}
+    head_lr = learning_rate if head_learning_rate is None else head_learning_rate
+    groups = {(wd, lr): [] for wd in (weight_decay, 0.0) for lr in (learning_rate, head_lr)}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate, fused=True)
+        wd = 0.0 if param.ndim < 2 or "norm" in name.lower() else weight_decay
+        groups[(wd, head_lr if id(param) in head_ids else learning_rate)].append(param)
+    return torch.optim.AdamW([{"params": ps, "weight_decay": wd, "lr": lr} for (wd, lr), ps in groups.items() if ps],
+                             lr=learning_rate, fused=True)
 
 
 def compiled(model: nn.Module, mode: str, static: bool) -> nn.Module:
@@ -213,7 +222,8 @@ class _Loop:
             raise MetaftError("no training examples")
         self.steps_per_epoch = math.ceil(n / (cfg.batch_size * world))
         self.total_steps = planned_steps(n, cfg.batch_size, cfg.epochs, world)
-        optimizer = build_optimizer(self.raw, cfg.learning_rate, cfg.weight_decay)
+        optimizer = build_optimizer(self.raw, cfg.learning_rate, cfg.weight_decay, task.head_params,
+                                    getattr(cfg, "head_learning_rate", None))
         self.scheduler = build_scheduler(optimizer, self.total_steps, cfg.warmup_ratio)
         multiple = cfg.pad_to_multiple_of
         few_widths = bool(cfg.pad_to_length) or math.ceil(cfg.max_length / multiple) <= 8
@@ -286,8 +296,19 @@ class _Loop:
         self.optimizer.zero_grad(set_to_none=True)
         return {**logged, **{f"loss_{k}": float(v.detach()) for k, v in parts.items()}}
 
+    def _check_finite(self) -> None:
+        """A diverged model (NaN / inf weights: e.g. an infinite learning rate) must never become the best."""
+        if bad := non_finite_parameters(self.raw):
+            raise NonFiniteError(f"{self.run_dir}: {len(bad)} weight tensor(s) hold NaN / inf at step {self.step} "
+                                 f"(e.g. {bad[0]}): the run diverged; lower the learning rate (the last best "
+                                 "checkpoint is kept)")
+
     def _evaluate_and_checkpoint(self) -> dict:
-        dev = evaluate(self.eval_model, self.dev_loader, self.task.logits_fn, self.acc, self.task.labels)
+        self._check_finite()
+        try:
+            dev = evaluate(self.eval_model, self.dev_loader, self.task.logits_fn, self.acc, self.task.labels)
+        except NonFiniteError as exc:
+            raise NonFiniteError(f"{self.run_dir}: step {self.step}: {exc} (the last best checkpoint is kept)") from None
         if dev["accuracy"] > self.best["accuracy"]:  # ties keep the earlier checkpoint
             self._save_best(dev)
         record = {"kind": "dev", "step": self.step, "epoch": self.step / self.steps_per_epoch,
@@ -326,6 +347,8 @@ class _Loop:
 
         bar = tqdm(total=self.total_steps, initial=self.step, desc=self.label, dynamic_ncols=True,
                    disable=None if self.acc.is_local_main_process else True)
+        if self.step == 0 and not self.history:  # the starting model is a candidate (e.g. a warm-started head)
+            self._evaluate_and_checkpoint()
         while self.step < self.total_steps:
             logged = self._train_step()
             self.step += 1

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,7 +268,10 @@ def compute_typicality(config: TypicalityConfig) -> Path:
 # ------------------------------------------------------------------------------------------------ loader
 
 def _read_scores(path: Path) -> dict[str, float]:
-    lines = path.read_text(encoding="utf-8").split("\n")
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise DataError(path, f"not valid UTF-8 (byte {exc.start}); rerun `metaft preprocess`") from None
     if not lines or lines[0].rstrip("\r") != HEADER:
         raise DataError(path, f"not a typicality file (expected header {HEADER!r})", 1)
     table: dict[str, float] = {}
@@ -276,9 +280,11 @@ def _read_scores(path: Path) -> dict[str, float]:
             continue
         cols = line.rstrip("\r").split("\t")
         try:
-            table[cols[0]] = float(cols[3])
+            table[cols[0]] = score = float(cols[3])
         except (IndexError, ValueError):
             raise DataError(path, "expected uid, domain, label, score", lineno) from None
+        if not math.isfinite(score):  # float() takes "nan" and "inf"; as a loss weight either ruins training
+            raise DataError(path, "score is not a finite number", lineno)
     return table
 
 

@@ -9,6 +9,7 @@ IndexError, KeyError, json errors, RecursionError, TypeError, ...) fails the tes
 from __future__ import annotations
 
 import json
+import re
 from functools import partial
 from pathlib import Path
 
@@ -29,7 +30,7 @@ SETTINGS = settings(
 # Pieces that have broken readers before, or could: separators, BOMs, NEL (0x85), line/paragraph
 # separators, NUL, lone surrogates, control and non-ASCII characters, entities and tags.
 SPECIAL = [
-    "\t", "\r", "\n", "\r\n", " ", "  ", "\x00", "\ufeff", "\x85", "\u2028", "\x0b", "\x0c", "\x1c", "\x1f",
+    "\t", "\r", "\n", "\r\n", " ", "  ", "\x00", "\ufeff", "\x85", "\u2028", "\x0b", "\x0c", "\x1c", "\x1f", "\x1a", "\x7f", "\x9c",
     "\ud800", "\udfff", "é", "€", "\u200b", "\U0001f600", "&amp;", "&quot;", "&#0;", "&#65;", "&#xD800;",
     "&#x10FFFF;", "&#99999999;", "&AT&T", '"', "\\", "{", "}", "[", "]", ":", ",", "NaN", "null",
 ]  # fmt: skip
@@ -131,6 +132,8 @@ jsonl_files = files(lines_of(json_line), lines_of(good_row.map(json.dumps), st.j
 
 # --- the invariant -----------------------------------------------------------------------------------
 
+CONTROL = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]")  # control characters that are not whitespace
+
 
 def _clean_string(value) -> bool:
     if not isinstance(value, str) or not value or value != clean_field(value):
@@ -153,6 +156,8 @@ def check(read, path: Path, data: bytes) -> None:
         assert isinstance(ex, Example)
         assert _clean_string(ex.text) and _clean_string(ex.label) and _clean_string(ex.domain), ex
         assert ex.text_pair is None or _clean_string(ex.text_pair), ex
+        fields = (ex.text, ex.text_pair or "", ex.label, ex.domain)
+        assert not any(CONTROL.search(f) for f in fields), ex  # never copied into a split file
     assert len({ex.uid for ex in examples}) == len(examples)
     if examples:
         copy = write_mft_tsv(path.with_name("round-trip.tsv"), examples)

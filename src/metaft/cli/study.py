@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from ..config import PredictConfig, SplitSettings, StudyConfig, config_from_file, study_config_from
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..settings import add_arguments, from_args, parse_text
 
 
@@ -100,20 +99,11 @@ def report_main(args) -> int:
 
 
 def predict_main(args) -> int:
-    from ..predict import load_predictor, predict
+    from ..predict import load_predictor, predict, read_input_lines
 
     cfg = from_args(PredictConfig, args)
-    if cfg.input == "-":
-        lines = sys.stdin.read().split("\n")
-    else:
-        try:
-            lines = Path(cfg.input).read_text(encoding="utf-8").split("\n")
-        except FileNotFoundError:
-            raise DataError(cfg.input, "file not found") from None
-        except UnicodeDecodeError as exc:
-            raise DataError(cfg.input, f"not valid UTF-8 (byte {exc.start})") from None
-    texts = [t.rstrip("\r") for t in lines if t.strip()]
+    lines = read_input_lines(cfg.input)
     model, tokenizer = load_predictor(cfg.model)
-    for rec in predict(texts, model, tokenizer, cfg.max_length, cfg.batch_size):
+    for rec in predict(lines, model, tokenizer, cfg.max_length, cfg.batch_size):
         print(json.dumps(rec, ensure_ascii=False))
     return 0
