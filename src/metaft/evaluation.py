@@ -54,3 +54,9 @@ def evaluate(model: nn.Module, loader, logits_fn: LogitsFn, accelerator, labels:
                              f"{sum(len(p) for p in preds)} evaluation examples: its weights are damaged or "
                              "the run diverged (lower the learning rate)")
     return classification_metrics(torch.cat(preds), torch.cat(golds), labels)
+
+
+def non_finite_parameters(model: nn.Module) -> list[str]:
+    """Names of the parameters holding NaN or inf."""
+    with torch.no_grad():
+        return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import ConfigError, DataError
+from .evaluation import non_finite_parameters
 from .fileio import recover_folder
 from .heads import build_classifier, classification_head, is_pooled_folder, save_classifier
 from .hub import from_pretrained, resolve_model
@@ -199,12 +200,6 @@ def _load_sequence_classifier(source: str, labels: list[str], dropout: float | N
     if dropout is not None:
         set_head_dropout(model, dropout)
     return model
-
-
-def non_finite_parameters(model: nn.Module) -> list[str]:
-    """Names of the parameters holding NaN or inf."""
-    with torch.no_grad():
-        return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
 
 
 def set_head_dropout(model: nn.Module, p: float) -> None:

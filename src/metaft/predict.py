@@ -85,7 +85,7 @@ def load_predictor(model_dir: str | Path, trust_remote_code: bool = False):
         raise
     except Exception as exc:  # damaged config or weights raise whatever their parser raises
         raise ConfigError(f"{model_dir}: cannot load a classifier ({' '.join(str(exc).split())[:300]})") from None
-    from .modeling import non_finite_parameters
+    from .evaluation import non_finite_parameters
 
     if bad := non_finite_parameters(model):
         raise DataError(model_dir, f"{len(bad)} weight tensor(s) hold NaN / inf (e.g. {bad[0]}): the model is "

@@ -32,10 +32,9 @@ from torch import nn
 from .checkpoints import STATE_DIR, append_metrics, load_state, save_state, truncate_metrics
 from .devices import make_accelerator, process_state
 from .errors import ConfigError, MetaftError
-from .evaluation import LogitsFn, NonFiniteError, evaluate
+from .evaluation import LogitsFn, NonFiniteError, evaluate, non_finite_parameters
 from .features import Collator, EncodedDataset, eval_loader
 from .fileio import recover_folder, save_atomic
-from .modeling import non_finite_parameters
 
 logger = logging.getLogger(__name__)
 
