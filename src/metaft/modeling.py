@@ -105,6 +105,7 @@ class MetaLearner(nn.Module):
               corruption: str = "permute") -> MetaLearner:
         """``pooling``: the classification head (mean | cls | pooler, see :mod:`metaft.heads`), resolved."""
         classifier = build_classifier(model_name_or_path, labels, pooling, dropout, trust_remote_code)
+        check_finite(classifier, model_name_or_path)
         head = None
         if domain_loss != "none":
             n_layers = classifier.config.num_hidden_layers
@@ -176,6 +177,14 @@ def folder_labels(folder: str | Path) -> list[str]:
         raise DataError(path, f"no readable id2label ({exc!r:.200})") from None
 
 
+def check_finite(model: nn.Module, source: str) -> None:
+    """Refuse a start model with NaN / inf weights: a run from it would stop at a NaN loss, blaming the learning
+    rate."""
+    if bad := non_finite_parameters(model):
+        raise DataError(source, f"{len(bad)} weight tensor(s) hold NaN / inf (e.g. {bad[0]}): the model is "
+                                "damaged or its training diverged")
+
+
 def _load_sequence_classifier(source: str, labels: list[str], dropout: float | None, trust_remote_code: bool,
                               ignore_mismatched_sizes: bool = False):
     from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -194,9 +203,7 @@ def _load_sequence_classifier(source: str, labels: list[str], dropout: float | N
         raise
     except Exception as exc:  # damaged weights or config raise whatever their parser raises
         raise ConfigError(f"{source}: cannot load model ({' '.join(str(exc).split())[:300]})") from None
-    if bad := non_finite_parameters(model):  # a run from it would stop at a NaN loss, blaming the learning rate
-        raise DataError(source, f"{len(bad)} weight tensor(s) hold NaN / inf (e.g. {bad[0]}): the model is "
-                                "damaged or its training diverged")
+    check_finite(model, source)
     if dropout is not None:
         set_head_dropout(model, dropout)
     return model
@@ -251,6 +258,7 @@ def load_classifier(source: str, labels: list[str], *, head: str = "reinit", dro
             raise ConfigError(f"{source}: --head keep needs the meta-learner's head pooling ({saved_pooling}); this "
                               f"run asks for {pooling}: pass --head-pooling {saved_pooling} or a fresh head")
     model = build_classifier(str(path), labels, pooling, dropout, trust_remote_code)
+    check_finite(model, source)
     if head != "keep":
         reinit_head(model, torch.Generator().manual_seed(seed))
     return model
