@@ -125,14 +125,16 @@ def build_classifier(source: str, labels: list[str], pooling: str, dropout: floa
     """A sequence classifier with a ``pooling`` head (mean | cls | pooler; resolved, not auto) on the encoder
     of ``source``: a pretrained checkpoint, a plain classifier folder or a pooled one. A head of the same kind
     and label count is loaded from the folder when it has one (the caller re-initialises it unless kept)."""
-    from transformers import AutoModel, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
     path = resolve_model(source)
     kwargs = _label_kwargs(labels)
     try:
         if pooling == "pooler":
             if not is_pooled_folder(path):
-                if dropout is not None:
+                # a config without the setting (MPNet's) would pass it on to the model class, which refuses it
+                if dropout is not None and hasattr(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code),
+                                                   "classifier_dropout"):
                     kwargs["classifier_dropout"] = dropout
                 return from_pretrained(AutoModelForSequenceClassification, path, trust_remote_code,
                                        ignore_mismatched_sizes=True, **kwargs)

@@ -106,6 +106,8 @@ class MetaLearner(nn.Module):
         """``pooling``: the classification head (mean | cls | pooler, see :mod:`metaft.heads`), resolved."""
         classifier = build_classifier(model_name_or_path, labels, pooling, dropout, trust_remote_code)
         check_finite(classifier, model_name_or_path)
+        if dropout is not None:
+            set_head_dropout(classifier, dropout)
         head = None
         if domain_loss != "none":
             n_layers = classifier.config.num_hidden_layers
@@ -259,6 +261,8 @@ def load_classifier(source: str, labels: list[str], *, head: str = "reinit", dro
                               f"run asks for {pooling}: pass --head-pooling {saved_pooling} or a fresh head")
     model = build_classifier(str(path), labels, pooling, dropout, trust_remote_code)
     check_finite(model, source)
+    if dropout is not None:
+        set_head_dropout(model, dropout)
     if head != "keep":
         reinit_head(model, torch.Generator().manual_seed(seed))
     return model
