@@ -119,8 +119,9 @@ def test_probe_warm_start_is_a_candidate_at_step_0(tiny_model_dir, single, tmp_p
     assert first["step"] == 0 and first["dev_accuracy"] == r.head_probe["dev_accuracy"] > 0.5  # chance: 1/3
     assert r.best_step == 0 and r.best_dev_accuracy == first["dev_accuracy"]
     assert r.test_accuracy > 0.5 and r.head_pooling == "mean"
+    # a fresh random head is no candidate: a dev tie would keep an untrained classifier
     fresh = finetune(ft_config(single, tiny_model_dir, tmp_path / "reinit", head_pooling="mean", epochs=0.1))
-    assert fresh.dev_history[0]["step"] == 0 and fresh.dev_history[0]["dev_accuracy"] < first["dev_accuracy"]
+    assert fresh.dev_history[0]["step"] > 0 and fresh.best_step > 0
 
 
 def test_head_learning_rate_lands_in_its_own_optimizer_groups(tiny_model_dir):

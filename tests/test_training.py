@@ -163,7 +163,7 @@ def test_finetune_learns_logs_and_keeps_the_best(reference_run):
     assert len(train_rows) == res.total_steps == 60
     assert {"step", "epoch", "lr", "grad_norm", "loss_cls", "loss_total"} <= set(train_rows[0])
     assert train_rows[-1]["loss_total"] < train_rows[0]["loss_total"]
-    assert [r["step"] for r in dev_rows] == list(range(0, 61, 5))  # step 0: the starting model is a candidate
+    assert [r["step"] for r in dev_rows] == list(range(5, 61, 5))  # a fresh head: step 0 is no candidate
     accs = [r["dev_accuracy"] for r in dev_rows]
     first_best = dev_rows[accs.index(max(accs))]  # ties keep the earlier checkpoint
     assert res.best_step == first_best["step"] and res.best_dev_accuracy == max(accs)

@@ -275,8 +275,6 @@ class Bank:
         time in seconds."""
         t0 = time.monotonic()
         every = self.cfg.eval_every or self.steps_per_epoch
-        if self.step == 0:  # the starting models are candidates, as in the one-run loop
-            self.evaluate_and_checkpoint(0.0)
         while self.step < self.total_steps:
             logged = self.train_step()
             elapsed = time.monotonic() - t0

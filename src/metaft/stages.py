@@ -106,6 +106,7 @@ def _meta_finetune(cfg: MetaConfig) -> Path:
         save_fn=lambda m, folder: m.save(folder, tokenizer),
         best_name=lambda acc: f"{SNAPSHOT_PREFIX}{task}_dev_{acc!r}",
         head_params=head_parameters(model.classifier),
+        evaluate_start=cfg.head != "reinit",
     )
     result = train(loop_task, cfg, run_dir, resume=status == "resume")
     stale = [p for p in run_dir.glob(f"{SNAPSHOT_PREFIX}*") if p.name != result.best_dir.name]  # killed runs
@@ -175,7 +176,7 @@ def _finetune(cfg: FinetuneConfig) -> FinetuneResult:
     probe = warm_start(cfg, model, sets["train"], sets["dev"])
     start_run(run_dir, cfg, status)
     loop_task = LoopTask(model, sets["train"], sets["dev"], labels, ce_loss, hf_logits, save_fn,
-                         head_params=head_parameters(model))
+                         head_params=head_parameters(model), evaluate_start=cfg.head != "reinit")
     result = train(loop_task, cfg, run_dir, resume=status == "resume")
     t0 = time.monotonic()
     test = evaluate_checkpoint(result.best_dir, sets["test"], cfg, labels) if "test" in sets else None

@@ -56,6 +56,9 @@ class LoopTask:
     save_fn: SaveFn
     best_name: Callable[[float], str] = lambda accuracy: "best"  # folder name of the best checkpoint
     head_params: list[nn.Parameter] = field(default_factory=list)  # trained at cfg.head_learning_rate
+    # the starting model is a selection candidate (dev at step 0) when its head means something (a warm-started
+    # or kept head); a fresh random head is not, and a dev tie would otherwise keep it
+    evaluate_start: bool = False
 
 
 @dataclass
@@ -346,7 +349,7 @@ class _Loop:
 
         bar = tqdm(total=self.total_steps, initial=self.step, desc=self.label, dynamic_ncols=True,
                    disable=None if self.acc.is_local_main_process else True)
-        if self.step == 0 and not self.history:  # the starting model is a candidate (e.g. a warm-started head)
+        if self.task.evaluate_start and self.step == 0 and not self.history:
             self._evaluate_and_checkpoint()
         while self.step < self.total_steps:
             logged = self._train_step()

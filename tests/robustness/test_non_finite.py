@@ -71,9 +71,7 @@ def test_one_step_run_with_diverged_weights_is_never_saved_as_best(tiny_model_di
     out = tmp_path / "run"
     with pytest.raises(MetaftError, match=r"hold NaN / inf at step 1 \(e.g. classifier.weight\)"):
         finetune(ft_config(single, tiny_model_dir, out, epochs=0.1, eval_every=0))
-    # the only checkpoint is the starting model, evaluated at step 0 before training: never the diverged one
-    assert all(bool(torch.isfinite(t).all()) for t in weights_of(out / "best").values())
-    assert not (out / "results.json").exists()
+    assert not (out / "best").exists() and not (out / "results.json").exists()
 
 
 def test_non_finite_dev_logits_with_finite_weights_stop_the_run(tiny_model_dir, single, tmp_path, monkeypatch):
@@ -87,7 +85,7 @@ def test_non_finite_dev_logits_with_finite_weights_stop_the_run(tiny_model_dir, 
 
     monkeypatch.setattr(stages, "hf_logits", logits)
     out = tmp_path / "run"
-    with pytest.raises(MetaftError, match=rf"{out}: step 0: the model gives non-finite logits \(NaN / inf\) "
+    with pytest.raises(MetaftError, match=rf"{out}: step 5: the model gives non-finite logits \(NaN / inf\) "
                                           r"for 2 of 24 evaluation examples"):
         finetune(ft_config(single, tiny_model_dir, out, eval_batch_size=16))
     assert not (out / "best").exists()
@@ -101,9 +99,7 @@ def test_a_meta_stage_with_diverged_weights_saves_no_snapshot(tiny_model_dir, tm
                      batch_size=16, eval_every=3, learning_rate=1e-3)
     with pytest.raises(MetaftError, match=r"hold NaN / inf at step 3 .*word_embeddings"):
         meta_finetune(cfg)
-    # only the starting model, evaluated at step 0 before training, can have become best: never a diverged one
-    for snapshot in out.glob("snapshot_*"):
-        assert all(bool(torch.isfinite(t).all()) for t in weights_of(snapshot).values())
+    assert not list(out.glob("snapshot_*"))
 
 
 def test_a_start_model_with_non_finite_weights_is_named(tiny_model_dir, single, tmp_path):
