@@ -67,3 +67,14 @@ def comparable(results) -> dict:
         results = dataclasses.asdict(results)
     drop = ("timings", "config", "best_model", "resumed_from")
     return {k: v for k, v in results.items() if k not in drop}
+
+
+def cli_error_line(capsys, argv: list[str]) -> str:
+    """Run ``metaft -q ARGV``, assert it fails with exit 2 and one error line (no traceback); return its text."""
+    from metaft.cli import main
+
+    capsys.readouterr()
+    assert main(["-q", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("metaft: error: ") and "\n" not in err and "Traceback" not in err, err
+    return err.removeprefix("metaft: error: ")

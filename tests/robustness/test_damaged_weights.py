@@ -14,19 +14,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import ft_config, write_task
-from metaft.cli import main
+from helpers import cli_error_line, ft_config, write_task
 from metaft.config import MetaConfig
 from metaft.errors import ConfigError, DataError, MetaftError
 from metaft.stages import finetune, meta_finetune
-
-
-def one_line(capsys, argv: list[str]) -> str:
-    capsys.readouterr()
-    assert main(["-q", *argv]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("metaft: error: ") and "\n" not in err and "Traceback" not in err, err
-    return err.removeprefix("metaft: error: ")
 
 
 def damage(path: Path, how: str) -> None:
@@ -71,7 +62,7 @@ def _cases(model: Path, data: Path, out: Path) -> dict[str, list[str]]:
 @pytest.mark.parametrize("command", ["preprocess", "meta-finetune", "finetune"])
 def test_a_damaged_model_file_is_named_by_every_stage(command, how, damaged_model, data, tmp_path, capsys):
     model = damaged_model(how)
-    err = one_line(capsys, _cases(model, data, tmp_path / "out")[command])
+    err = cli_error_line(capsys, _cases(model, data, tmp_path / "out")[command])
     assert err.startswith(f"{model}/model.safetensors: damaged weights file ("), err
     assert err.endswith("restore it, or train or download the model again")
 
@@ -87,7 +78,7 @@ def test_predict_names_a_damaged_model_file(how, tiny_model_dir, tmp_path, capsy
             shutil.copy(tiny_model_dir / name, model / name)
     damage(model / "model.safetensors", how)
     (tmp_path / "in.txt").write_text("a good film\n")
-    err = one_line(capsys, ["predict", "--model", str(model), "--input", str(tmp_path / "in.txt")])
+    err = cli_error_line(capsys, ["predict", "--model", str(model), "--input", str(tmp_path / "in.txt")])
     assert err.startswith(f"{model}/model.safetensors: damaged weights file (")
 
 
@@ -126,7 +117,7 @@ def test_a_truncated_meta_snapshot_in_a_study_is_named_from_a_worker(tiny_model_
     for domain in ("SST-2", "MR", "CR"):  # the runs that start from it are to be redone, by workers
         shutil.rmtree(run / "seed-42" / "finetune" / "mft" / domain)
     before = json.loads((run / "study.json").read_text())["units"]
-    err = one_line(capsys, ["run", "--config", str(run / "config.json"), "--jobs", "2"])
+    err = cli_error_line(capsys, ["run", "--config", str(run / "config.json"), "--jobs", "2"])
     assert err.startswith(f"{snapshot.resolve()}/model.safetensors: damaged weights file ("), err
     after = json.loads((run / "study.json").read_text())["units"]
     assert all(u in before and u["variant"] == "baseline" for u in after)  # nothing from the damaged snapshot

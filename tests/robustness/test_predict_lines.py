@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import cli_error_line
 from metaft.cli import main
 from metaft.predict import BLANK_NOTE, predict, read_input_lines
 
@@ -44,14 +45,6 @@ def run_predict(capsys, model: Path, source: Path, *extra: str) -> list[dict]:
     capsys.readouterr()
     assert main(["-q", "predict", "--model", str(model), "--input", str(source), *extra]) == 0
     return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-
-
-def error_line(capsys, argv: list[str]) -> str:
-    capsys.readouterr()
-    assert main(["-q", *argv]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("metaft: error: ") and "\n" not in err and "Traceback" not in err, err
-    return err.removeprefix("metaft: error: ")
 
 
 @pytest.mark.parametrize(("content", "texts"), [
@@ -92,25 +85,25 @@ def test_standard_input_keeps_blank_lines(classifier, monkeypatch, capsys):
 def test_non_utf8_input_names_line_and_column(classifier, tmp_path, capsys):
     source = tmp_path / "in.txt"
     source.write_bytes(b"good\nfine\nbad \xff film\n")
-    err = error_line(capsys, ["predict", "--model", str(classifier), "--input", str(source)])
+    err = cli_error_line(capsys, ["predict", "--model", str(classifier), "--input", str(source)])
     assert err == f"{source}:3: not valid UTF-8 (byte 0xff at column 5); re-save the input as UTF-8"
 
 
 def test_utf16_input_is_named(classifier, tmp_path, capsys):
     source = tmp_path / "in.txt"
     source.write_bytes("good\nbad\n".encode("utf-16"))
-    err = error_line(capsys, ["predict", "--model", str(classifier), "--input", str(source)])
+    err = cli_error_line(capsys, ["predict", "--model", str(classifier), "--input", str(source)])
     assert err.startswith(f"{source}:1: file is UTF-16")
 
 
 def test_missing_input_is_named(classifier, tmp_path, capsys):
-    err = error_line(capsys, ["predict", "--model", str(classifier), "--input", str(tmp_path / "nope.txt")])
+    err = cli_error_line(capsys, ["predict", "--model", str(classifier), "--input", str(tmp_path / "nope.txt")])
     assert err == f"{tmp_path / 'nope.txt'}: file not found"
 
 
 def test_a_bare_encoder_is_refused_as_a_classifier(tiny_model_dir, tmp_path, capsys):
     (tmp_path / "in.txt").write_text("good\n")
-    err = error_line(capsys, ["predict", "--model", str(tiny_model_dir), "--input", str(tmp_path / "in.txt")])
+    err = cli_error_line(capsys, ["predict", "--model", str(tiny_model_dir), "--input", str(tmp_path / "in.txt")])
     assert err.startswith(f"{tiny_model_dir}: not a fine-tuned classifier (architectures: BertModel)")
 
 

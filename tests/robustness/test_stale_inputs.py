@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ft_config, write_task
+from helpers import cli_error_line, ft_config, write_task
 from metaft.cli import main
 from metaft.config import StudyConfig
 from metaft.errors import ConfigError
@@ -56,14 +56,6 @@ def write(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def error_line(capsys, argv: list[str]) -> str:
-    capsys.readouterr()
-    assert main(["-q", *argv]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("metaft: error: ") and "\n" not in err and "Traceback" not in err, err
-    return err.removeprefix("metaft: error: ")
-
-
 def snapshot(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): sha(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -80,7 +72,7 @@ def test_prepare_refuses_a_folder_of_other_data_and_names_the_change(tmp_path, c
     before = snapshot(out)
     old_sha = file_sha256(source)
     write(source, flip_labels(user_lines(), "film"))
-    err = error_line(capsys, prepare_argv(source, out))
+    err = cli_error_line(capsys, prepare_argv(source, out))
     assert err.startswith(f"{out}/k-shot-single/film/4-1: holds splits of other data (")
     assert "train.tsv" in err and f"mine.tsv {old_sha[:12]} -> {file_sha256(source)[:12]}" in err
     assert "--force" in err
@@ -109,7 +101,7 @@ def test_prepare_refuses_a_hand_edited_split_file(tmp_path, capsys):
     assert main(["-q", *prepare_argv(source, out)]) == 0
     train = out / "k-shot-cross" / "mine" / "4-2" / "train.tsv"
     train.write_text(train.read_text().replace("\tbook\t0", "\tbook\t1", 1))
-    err = error_line(capsys, prepare_argv(source, out))
+    err = cli_error_line(capsys, prepare_argv(source, out))
     assert err.startswith(f"{train.parent}: holds splits of other data (train.tsv would change; the same "
                           "sources give other splits now)")
 
@@ -222,11 +214,11 @@ def test_a_study_rerun_after_an_input_change_is_refused_then_redone_with_force(i
     try:
         write(source, flip_labels(user_lines(), "film"))
         argv = ["run", "--config", str(run / "config.json")]  # the very same settings
-        err = error_line(capsys, argv)
+        err = cli_error_line(capsys, argv)
         assert "holds splits of other data" in err and "mine.tsv" in err and "--force" in err
         assert (run / "study.json").read_bytes() == study_json
         shutil.rmtree(run / "seed-1" / "finetune" / "baseline" / "book")  # one unit gone: still no mixing
-        err = error_line(capsys, argv)
+        err = cli_error_line(capsys, argv)
         assert "holds splits of other data" in err
         assert (run / "study.json").read_bytes() == study_json
         assert not (run / "seed-1" / "finetune" / "baseline" / "book").exists()
