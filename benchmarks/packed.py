@@ -113,7 +113,7 @@ def one_variant(args) -> dict:
     """Runs in a fresh process: train one variant, return its step time."""
     import torch
 
-    from metaft.packed import finetune_packed
+    from metaft.packed_stages import finetune_packed
     from metaft.stages import finetune
 
     if args.threads:
@@ -236,7 +236,7 @@ def equivalence(args) -> None:
     import torch
 
     from metaft.hub import resolve_model
-    from metaft.packed import finetune_packed
+    from metaft.packed_stages import finetune_packed
     from metaft.stages import finetune
 
     if args.threads:

@@ -13,7 +13,8 @@ import torch
 
 from helpers import ft_config, write_task
 from metaft.errors import ConfigError
-from metaft.packed import bank_capacity, finetune_packed, plan_banks
+from metaft.bank_plan import bank_capacity, plan_banks
+from metaft.packed_stages import finetune_packed
 from metaft.stages import finetune
 
 SEEDS = (3, 4, 5, 6)
@@ -150,7 +151,7 @@ def meta_lone_and_banked(no_dropout_model, tmp_path_factory):
     """Three meta-stage variants (different seeds) alone and together in one bank, dropout 0; 36 steps."""
     from metaft.cli import main
     from metaft.config import MetaConfig
-    from metaft.packed_meta import meta_finetune_packed
+    from metaft.packed_stages import meta_finetune_packed
     from metaft.stages import meta_finetune
 
     root = tmp_path_factory.mktemp("meta-equiv")

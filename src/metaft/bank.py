@@ -15,7 +15,12 @@ handful of batched kernels instead of R times the per-run ones. Everything else 
 - the learning-rate schedule is shared: a bank only holds runs with the same step count and optimiser
   settings (see :func:`metaft.packed.bank_key`);
 - dev evaluation, the best-dev checkpoint (a standard HF folder with the run's own config) and metrics.jsonl
-  per run, as the one-run loop writes them.
+  per run, as the one-run loop writes them;
+- divergence: a run whose loss, weights or dev logits turn NaN / inf is stopped alone (its weights frozen, no
+  more evaluations or checkpoints: a diverged model never becomes best) while the others go on.
+
+The resumable state of the whole bank (stacked weights, AdamW and schedule, RNG, step, each run's best so far
+and dev history) is saved at an evaluation at most every ``save_state_every_s`` seconds into ``state_dir``.
 
 Attention runs in HF's "eager" implementation inside the bank with a ready-made additive mask: the SDPA path
 has no vmap batching rule on CPU (it would loop over the runs) and HF's mask helpers branch on tensor values.
@@ -37,15 +42,14 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .checkpoints import append_metrics
+from .checkpoints import append_metrics, save_bank_state
 from .devices import make_accelerator
-from .errors import ConfigError, MetaftError
-from .evaluation import evaluate
-from .features import Collator, EncodedDataset, eval_loader
+from .errors import ConfigError
+from .evaluation import NonFiniteError, evaluate
+from .features import MODEL_INPUT_KEYS, Collator, EncodedDataset, eval_loader
 from .fileio import save_atomic
 from .losses import weighted_cross_entropy
-from .modeling import MODEL_INPUT_KEYS
-from .training import build_scheduler, epoch_permutation, group_by_length, planned_steps, step_batch
+from .steps import build_scheduler, epoch_permutation, group_by_length, planned_steps, step_batch
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +78,8 @@ def decays(name: str, per_run_ndim: int) -> bool:
 class Bank:
     """Stacked parameters, one fused AdamW and one schedule for the runs of ``members`` (same settings)."""
 
-    def __init__(self, members: list[Member], device: torch.device | None = None):
+    def __init__(self, members: list[Member], device: torch.device | None = None, state_dir: Path | None = None,
+                 identity: dict | None = None):
         cfg = members[0].cfg
         if cfg.mixed_precision == "fp16":
             raise ConfigError("packed training supports mixed_precision no or bf16, not fp16 (no loss scaling "
@@ -99,7 +104,10 @@ class Bank:
                             for m in members]
         self._perms: list[tuple[int, list[int]] | None] = [None] * self.size
         self.forward = vmap(self._run_loss, randomness="different")
-        self.step = 0
+        self.step, self.elapsed0 = 0, 0.0
+        self.state_dir, self.identity = state_dir, identity or {}
+        self.diverged: dict[int, str] = {}  # run -> why it was stopped
+        self.frozen: dict[int, dict[str, torch.Tensor]] = {}  # run -> its weights when it was stopped
 
     # -- building (overridden by banks of other model kinds)
     def make_template(self, model: nn.Module) -> nn.Module:
@@ -188,16 +196,21 @@ class Bank:
         losses = parts["total"]
         finite = torch.isfinite(losses.detach())
         if not bool(finite.all()):
-            bad = int((~finite).nonzero()[0])
-            raise MetaftError(f"{self.members[bad].run_dir}: the loss is {losses[bad].item()} at step "
-                              f"{self.step + 1}: lower the learning rate or turn mixed precision off")
-        losses.sum().backward()
+            for r in (~finite).nonzero().flatten().tolist():
+                if r not in self.diverged:
+                    self.freeze(r, f"the loss is {losses[r].item()} at step {self.step + 1}")
+        live = torch.tensor([r not in self.diverged for r in range(self.size)], device=losses.device)
+        torch.where(live, losses, torch.zeros_like(losses)).sum().backward()
+        if self.diverged:  # a stopped run's gradients (maybe NaN) never reach its weights or AdamW moments
+            for p in self.params.values():
+                p.grad.masked_fill_(~live.view(-1, *([1] * (p.ndim - 1))), 0.0)
         lr = self.scheduler.get_last_lr()[0]
         norms = self.clip() if self.cfg.max_grad_norm > 0 else None
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        self.restore_frozen()
         values = {k: v.detach().float().cpu().tolist() for k, v in parts.items()}
         logged = [{"lr": lr, **{f"loss_{k}": v[r] for k, v in values.items()}} for r in range(self.size)]
         if norms is not None:
@@ -216,6 +229,47 @@ class Bank:
             for g in grads:
                 g.mul_(coef.view(-1, *([1] * (g.ndim - 1))))
         return norms
+
+    # -- runs that diverged
+    def freeze(self, r: int, why: str) -> None:
+        """Stop run r (its loss, weights or dev logits are NaN / inf): its weights stay as they are, it is not
+        evaluated or checkpointed again, and it gets no results; the other runs go on."""
+        self.diverged[r] = (f"{self.members[r].run_dir}: {why}: the run diverged; lower the learning rate or turn "
+                            "mixed precision off (the last best checkpoint is kept)")
+        with torch.no_grad():
+            self.frozen[r] = {k: v[r].clone() for k, v in self.params.items()}
+        logger.error("%s", self.diverged[r])
+
+    def restore_frozen(self) -> None:
+        """Undo what weight decay and the AdamW moments did to the stopped runs' weights this step."""
+        with torch.no_grad():
+            for r, saved in self.frozen.items():
+                for k, v in saved.items():
+                    self.params[k][r].copy_(v)
+
+    def non_finite(self, r: int) -> list[str]:
+        """Names of run r's weight tensors that hold NaN or inf."""
+        with torch.no_grad():
+            return [k for k, v in self.params.items() if not bool(torch.isfinite(v[r]).all())]
+
+    # -- resumable state
+    def state_info(self, elapsed_s: float) -> dict:
+        return {"identity": self.identity, "step": self.step, "total_steps": self.total_steps,
+                "elapsed_s": elapsed_s, "diverged": {str(r): why for r, why in self.diverged.items()},
+                "members": [{"best": m.best, "history": m.history} for m in self.members]}
+
+    def restore(self, info: dict) -> None:
+        """Continue from a saved state whose tensors are loaded already (:func:`metaft.checkpoints.load_bank_state`)."""
+        self.step, self.elapsed0 = info["step"], info["elapsed_s"]
+        for member, saved in zip(self.members, info["members"]):
+            member.best, member.history = saved["best"], saved["history"]
+        self.diverged = {int(r): why for r, why in info["diverged"].items()}
+        with torch.no_grad():
+            self.frozen = {r: {k: v[r].clone() for k, v in self.params.items()} for r in self.diverged}
+
+    def save_state(self, elapsed_s: float) -> None:
+        save_atomic(lambda d: save_bank_state(d, self.params, self.optimizer, self.scheduler,
+                                              self.state_info(elapsed_s)), self.state_dir)
 
     # -- evaluation and checkpoints
     def run_params(self, r: int) -> dict[str, torch.Tensor]:
@@ -250,9 +304,21 @@ class Bank:
         with self.as_run(r) as model:
             self.members[r].save_fn(model, folder)
 
-    def evaluate_and_checkpoint(self, elapsed_s: float) -> None:
-        for r, member in enumerate(self.members):
-            dev = self.evaluate(r, self.dev_loaders[r])
+    def evaluate_and_checkpoint(self, elapsed_s: float, runs: list[int] | None = None) -> None:
+        """Evaluate the runs still going (of ``runs``, default all) on dev, checkpoint the better ones, and save
+        the bank's state when ``save_state_every_s`` has passed since the last save."""
+        for r in range(self.size) if runs is None else runs:
+            if r in self.diverged:
+                continue
+            member = self.members[r]
+            if bad := self.non_finite(r):
+                self.freeze(r, f"{len(bad)} weight tensor(s) hold NaN / inf at step {self.step} (e.g. {bad[0]})")
+                continue
+            try:
+                dev = self.evaluate(r, self.dev_loaders[r])
+            except NonFiniteError as exc:
+                self.freeze(r, f"step {self.step}: {exc}")
+                continue
             if dev["accuracy"] > member.best["accuracy"]:  # ties keep the earlier checkpoint
                 name, previous = member.best_name(dev["accuracy"]), member.best["name"]
                 save_atomic(lambda d, r=r: self.save(r, d), member.run_dir / name)
@@ -268,20 +334,29 @@ class Bank:
             append_metrics(member.run_dir, record)
         logger.info("bank of %d at step %d/%d: best dev %s", self.size, self.step, self.total_steps,
                     ", ".join(f"{m.best['accuracy']:.4f}" for m in self.members))
+        every = min(m.cfg.save_state_every_s for m in self.members)
+        if self.state_dir is not None and time.monotonic() - self.state_saved_at >= every:
+            self.save_state(elapsed_s)
+            self.state_saved_at = time.monotonic()
 
     # -- the loop
     def train(self) -> float:
         """Train every run to its end, evaluating and checkpointing as the one-run loop does; returns the wall
         time in seconds."""
-        t0 = time.monotonic()
+        t0 = self.state_saved_at = time.monotonic()
+        elapsed = lambda: self.elapsed0 + time.monotonic() - t0  # noqa: E731
         every = self.cfg.eval_every or self.steps_per_epoch
-        while self.step < self.total_steps:
+        # a kept head is a selection candidate at step 0, as in the one-run loop
+        first = [r for r, m in enumerate(self.members) if m.cfg.head != "reinit" and not m.history]
+        if self.step == 0 and first:
+            self.evaluate_and_checkpoint(elapsed(), first)
+        while self.step < self.total_steps and len(self.diverged) < self.size:
             logged = self.train_step()
-            elapsed = time.monotonic() - t0
-            for member, values in zip(self.members, logged):
-                append_metrics(member.run_dir, {"kind": "train", "step": self.step,
-                                                "epoch": self.step / self.steps_per_epoch,
-                                                "elapsed_s": round(elapsed, 3), **values})
+            for r, (member, values) in enumerate(zip(self.members, logged)):
+                if r not in self.diverged:
+                    append_metrics(member.run_dir, {"kind": "train", "step": self.step,
+                                                    "epoch": self.step / self.steps_per_epoch,
+                                                    "elapsed_s": round(elapsed(), 3), **values})
             if self.step % every == 0 or self.step == self.total_steps:
-                self.evaluate_and_checkpoint(time.monotonic() - t0)
-        return time.monotonic() - t0
+                self.evaluate_and_checkpoint(elapsed())
+        return elapsed()

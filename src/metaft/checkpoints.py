@@ -1,4 +1,8 @@
-"""The files of a run folder that make training resumable: the training state folder and ``metrics.jsonl``."""
+"""The files of a run folder that make training resumable: the training state folder and ``metrics.jsonl``.
+
+A bank of runs (:mod:`metaft.bank`) keeps its one state in the ``state`` folder of its first run: the stacked
+weights (``bank_params.safetensors``), the optimiser, schedule and RNG files of a run's state, and ``bank.json``
+(which runs with which settings, the step, each run's best so far and dev history)."""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from .errors import DataError, writing
 
 METRICS_FILE = "metrics.jsonl"
 STATE_DIR = "state"
+BANK_INFO = "bank.json"
+BANK_PARAMS = "bank_params.safetensors"
 
 
 def append_metrics(run_dir: Path, record: dict) -> None:
@@ -40,13 +46,50 @@ def save_state(folder: Path, model: nn.Module, optimizer, scheduler, info: dict)
     from safetensors.torch import save_model
 
     save_model(model, str(folder / "model.safetensors"))
+    _save_optimizer_and_rng(folder, optimizer, scheduler)
+    (folder / "trainer_state.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def _save_optimizer_and_rng(folder: Path, optimizer, scheduler) -> None:
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
                folder / "optimizer.pt")
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(rng, folder / "rng.pt")
-    (folder / "trainer_state.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def save_bank_state(folder: Path, params: dict[str, torch.Tensor], optimizer, scheduler, info: dict) -> None:
+    """A bank's state: its stacked weights ``params``, optimiser / schedule / RNG, and ``info`` (JSON)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous().cpu() for k, v in params.items()}, str(folder / BANK_PARAMS))
+    _save_optimizer_and_rng(folder, optimizer, scheduler)
+    (folder / BANK_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def read_bank_info(folder: Path) -> dict | None:
+    """The ``bank.json`` of a saved bank state in ``folder``; None when there is none (or it is unreadable)."""
+    try:
+        info = json.loads((Path(folder) / BANK_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and isinstance(info.get("identity"), dict) else None
+
+
+def load_bank_state(folder: Path, params: dict[str, torch.Tensor], optimizer, scheduler) -> None:
+    """Restore :func:`save_bank_state`'s tensors into ``params`` (same names and shapes), the optimiser, the
+    schedule and the RNG."""
+    from safetensors.torch import load_file
+
+    with _state_file(folder / BANK_PARAMS):
+        saved = load_file(str(folder / BANK_PARAMS))
+        if saved.keys() != params.keys() or any(saved[k].shape != v.shape for k, v in params.items()):
+            raise ValueError("other tensors than this bank's")
+        with torch.no_grad():
+            for k, v in params.items():
+                v.copy_(saved[k])
+    _load_optimizer_and_rng(folder, optimizer, scheduler)
 
 
 @contextlib.contextmanager
@@ -72,6 +115,11 @@ def load_state(folder: Path, model: nn.Module, optimizer, scheduler) -> dict:
             raise KeyError(f"no {', '.join(missing)}")
     with _state_file(folder / "model.safetensors"):
         load_model(model, str(folder / "model.safetensors"), strict=True)
+    _load_optimizer_and_rng(folder, optimizer, scheduler)
+    return info
+
+
+def _load_optimizer_and_rng(folder: Path, optimizer, scheduler) -> None:
     with _state_file(folder / "optimizer.pt"):
         opt = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
         optimizer.load_state_dict(opt["optimizer"])
@@ -81,4 +129,3 @@ def load_state(folder: Path, model: nn.Module, optimizer, scheduler) -> dict:
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(rng["cuda"])
-    return info

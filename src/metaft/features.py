@@ -24,6 +24,8 @@ from .records import Example
 
 logger = logging.getLogger(__name__)
 
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")  # the batch keys a HF encoder takes
+
 
 def cache_dir() -> Path:
     return Path(os.environ.get("METAFT_CACHE", Path.home() / ".cache" / "metaft")) / "features"

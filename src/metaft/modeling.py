@@ -21,6 +21,7 @@ from torch import nn
 
 from .errors import ConfigError, DataError
 from .evaluation import non_finite_parameters
+from .features import MODEL_INPUT_KEYS
 from .fileio import recover_folder
 from .heads import build_classifier, classification_head, is_pooled_folder, save_classifier
 from .hub import from_pretrained, resolve_model
@@ -31,7 +32,6 @@ logger = logging.getLogger(__name__)
 
 META_FILE = "metaft_meta.json"
 DOMAIN_HEAD_FILE = "domain_head.safetensors"
-MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def default_domain_layers(num_layers: int) -> tuple[int, ...]:

@@ -1,4 +1,5 @@
-"""Stage 2 for many runs at once: ``meta_finetune_packed([MetaConfig, ...], pack=None) -> [best folder, ...]``.
+"""Stage 2 in banks: the bank of meta-learners (:class:`MetaBank`) and the pending stage-2 run (:class:`PreparedMetaRun`)
+that :func:`metaft.packed.run_packed` trains.
 
 All variants of the meta stage share one bank: the loss terms are per-run coefficients. Every run's stacked
 parameters hold the union of the variants' modules (the classifier plus a domain head with a domain
@@ -16,7 +17,6 @@ value of h, gradient m), those of other runs m = 1. Each run's meta-learner fold
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -24,17 +24,16 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from .bank import Bank, Member
+from .bank_plan import bank_key, model_config
 from .config import MetaConfig
-from .features import EncodedDataset
+from .features import MODEL_INPUT_KEYS, EncodedDataset
 from .hub import load_tokenizer, usable_max_length
 from .losses import corrupted_domain_targets, grl_coefficient, weighted_cross_entropy
-from .modeling import MODEL_INPUT_KEYS, DomainHead, MetaLearner, default_domain_layers
-from .packed import bank_key, model_config, run_packed
+from .modeling import DomainHead, MetaLearner, default_domain_layers
 from .pooling import masked_mean
 from .prepared import label_set, read_split, task_name_for
-from .results import META_RESULTS, MetaResult, read_meta_result
-from .stages import SNAPSHOT_PREFIX, meta_finetune
-from .training import seeded, step_generator
+from .results import META_RESULTS, SNAPSHOT_PREFIX, MetaResult, read_meta_result
+from .steps import seeded, step_generator
 from .typicality import typicality_weights
 
 CLS = "classifier."
@@ -44,8 +43,8 @@ META_PER_RUN = ("domain_loss", "domain_weight", "typicality", "typicality_norm")
 class MetaBank(Bank):
     """A bank of meta-learners (:class:`metaft.modeling.MetaLearner`) with per-run loss coefficients."""
 
-    def __init__(self, members: list[Member], device: torch.device | None = None):
-        super().__init__(members, device)
+    def __init__(self, members: list[Member], device: torch.device | None = None, **state):
+        super().__init__(members, device, **state)
         self.cls_buffers = {k[len(CLS):]: v for k, v in self.buffers.items() if k.startswith(CLS)}
         kinds = [m.cfg.domain_loss for m in members]
         as_tensor = lambda values, dtype=torch.float32: torch.tensor(values, dtype=dtype, device=self.device)  # noqa: E731
@@ -127,6 +126,7 @@ class PreparedMetaRun:
     read_result = staticmethod(read_meta_result)
 
     def __init__(self, cfg: MetaConfig):
+        started = time.monotonic()
         self.cfg, self.run_dir, self.data_dir = cfg, Path(cfg.out), Path(cfg.data_dir)
         self.train_ex = read_split(self.data_dir, "train", cfg.train_limit, "--train-limit/--train_example_num")
         self.dev_ex = read_split(self.data_dir, "dev", cfg.dev_limit, "--dev-limit/--dev_example_num")
@@ -145,6 +145,7 @@ class PreparedMetaRun:
         self.task = cfg.task_name or task_name_for(self.data_dir)
         shared = cfg.replace(**{k: getattr(MetaConfig, k) for k in META_PER_RUN})
         self.key = bank_key(shared, len(self.train_set), len(self.labels), self.config) + str(len(self.domains))
+        self.prepare_s = time.monotonic() - started
 
     def load_model(self) -> MetaLearner:
         cfg = self.cfg
@@ -162,22 +163,13 @@ class PreparedMetaRun:
         """Snapshots a killed earlier run left behind."""
         return [p for p in self.run_dir.glob(f"{SNAPSHOT_PREFIX}*") if p.name != member.best["name"]]
 
-    def results(self, member: Member, total_steps: int, train_s: float, started: float) -> MetaResult:
-        """The one-run path's meta results."""
+    def results(self, member: Member, total_steps: int, share) -> MetaResult:
+        """The one-run path's meta results (``share``: the run's :class:`metaft.packed.BankShare`)."""
         cfg, best_dir = self.cfg, self.run_dir / member.best["name"]
         return MetaResult(
             task=self.task, best_dev_accuracy=member.best["accuracy"],
             best_dev_macro_f1=member.best["dev"]["macro_f1"], best_step=member.best["step"],
             total_steps=total_steps, best_model=str(best_dir), best_model_name=best_dir.name,
-            wall_time_s=round(time.monotonic() - started, 3), resumed_from=None, labels=self.labels,
+            wall_time_s=round(share.train_s, 3), resumed_from=share.resumed_from, labels=self.labels,
             domains=self.domains, num_examples={"train": len(self.train_ex), "dev": len(self.dev_ex)},
-            model=cfg.model, seed=cfg.seed, dev_history=member.history, config=cfg.to_dict())
-
-
-def meta_finetune_packed(cfgs: Sequence[MetaConfig], pack: int | None = None) -> list[Path]:
-    """Stage 2 for every config, banked (variants with different loss terms share a bank); returns each run's
-    best meta-learner folder, as :func:`metaft.stages.meta_finetune` does, in the order of ``cfgs``."""
-    if pack == 1 or any(cfg.corruption != "permute" or not cfg.domain_embedding for cfg in cfgs):
-        return [meta_finetune(cfg) for cfg in cfgs]  # banks implement the reference corruption and head only
-    results = run_packed(cfgs, pack, PreparedMetaRun, meta_finetune)
-    return [Path(cfg.out) / r.best_model_name for cfg, r in zip(cfgs, results)]
+            model=cfg.model, seed=cfg.seed, dev_history=member.history, config=cfg.to_dict(), head_pooling="pooler")

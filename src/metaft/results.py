@@ -26,6 +26,7 @@ RESULTS = "results.json"
 STUDY_FILE = "study.json"
 BASELINE = "baseline"  # the variant without a meta stage: fine-tuning from the pre-trained checkpoint
 MFT = "mft"  # full meta fine-tuning; the other variants are its ablations
+SNAPSHOT_PREFIX = "snapshot_best_mft_model_"  # a meta stage's best folder: <prefix><task>_dev_<accuracy>
 
 T = TypeVar("T")
 

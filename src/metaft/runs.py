@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 
 
-_IGNORED_ON_RESUME = ("out", "resume", "force", "use_cache", "save_state_every_s")  # a resumed run may change
+IGNORED_ON_RESUME = ("out", "resume", "force", "use_cache", "save_state_every_s")  # a resumed run may change
 
 
 def is_run_folder(run_dir: Path) -> bool:
@@ -98,6 +98,6 @@ def finish_run(run_dir: Path, results_file: str, results: MetaResult | FinetuneR
 
 def check_same_config(run_dir: Path, cfg) -> None:
     saved = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-    if diff := cfg.changed_from(saved, _IGNORED_ON_RESUME):
+    if diff := cfg.changed_from(saved, IGNORED_ON_RESUME):
         raise ConfigError(f"{run_dir}: cannot resume with different settings ({cfg.describe(diff)}); "
                           "use the same settings, or --force to start over")

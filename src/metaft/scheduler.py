@@ -59,6 +59,11 @@ class Unit:
         return read_meta_result(self.results_file) if self.domain is None else read_finetune_result(self.results_file)
 
 
+def unit_name(unit: Unit) -> str:
+    """``seed 42 mft SST-2`` (a meta stage: no domain), for progress lines."""
+    return f"seed {unit.seed} {unit.variant}{f' {unit.domain}' if unit.domain else ''}"
+
+
 def finished_results(cfg, unit: Unit) -> MetaResult | FinetuneResult | None:
     """The results of a finished unit (None if it has none yet, or under ``force``)."""
     return None if cfg.force else unit.results()
@@ -133,9 +138,8 @@ def execute(cfg, plan: list[Unit], group: str, on_done, run_unit: RunUnit) -> No
             progress["busy_s"] += busy_s
             rate = progress["work_done"] / max(progress["busy_s"], 1e-9) * progress["jobs"]
             left = sum(work.values()) - progress["work_done"]
-            logger.info("%d of %d units done (seed %s %s%s), %s elapsed, about %s to go", progress["done"],
-                        len(work), unit.seed, unit.variant, f" {unit.domain}" if unit.domain else "",
-                        _duration(time.monotonic() - progress["start"]), _duration(left / rate))
+            logger.info("%d of %d units done (%s), %s elapsed, about %s to go", progress["done"], len(work),
+                        unit_name(unit), _duration(time.monotonic() - progress["start"]), _duration(left / rate))
 
     todo = []
     for unit in plan:

@@ -371,6 +371,11 @@ def parse_k(value: Any) -> int | None:
     return k
 
 
+def auto_none(value: Any) -> Any:
+    """``auto`` (any case) for a setting whose automatic choice is None."""
+    return None if isinstance(value, str) and value.strip().lower() == "auto" else value
+
+
 def on_off(value: Any) -> Any:
     """``on`` / ``off`` (the words of the issue and the guide) for a boolean setting."""
     return {"on": True, "off": False}.get(value, value) if isinstance(value, str) else value

@@ -14,34 +14,33 @@ from pathlib import Path
 import torch
 
 from .config import FinetuneConfig, MetaConfig
-from .devices import make_accelerator, process_state
-from .errors import ConfigError
-from .evaluation import NonFiniteError, evaluate
-from .features import EncodedDataset, eval_loader
-from .fileio import recover_folder
+from .devices import process_state
+from .features import EncodedDataset
 from .heads import head_parameters, resolve_pooling, save_classifier
-from .hub import from_pretrained, load_tokenizer, usable_max_length
+from .hub import load_tokenizer, usable_max_length
 from .locking import run_lock
 from .losses import grl_coefficient, mft_loss, weighted_cross_entropy
-from .modeling import MODEL_INPUT_KEYS, MetaLearner, load_classifier
+from .modeling import MetaLearner, load_classifier
 from .prepared import domain_splits, label_set, read_split, task_name_for
-from .results import META_RESULTS, RESULTS, FinetuneResult, MetaResult, read_finetune_result, read_meta_result
+from .results import (
+    META_RESULTS,
+    RESULTS,
+    SNAPSHOT_PREFIX,
+    FinetuneResult,
+    MetaResult,
+    read_finetune_result,
+    read_meta_result,
+)
 from .runs import finish_run, open_run, start_run
-from .training import LoopTask, planned_steps, seeded, step_generator, train
+from .scoring import evaluate_checkpoint, hf_logits
+from .steps import planned_steps, seeded, step_generator
+from .training import LoopTask, train
 from .typicality import typicality_weights
 from .warmstart import probe_warm_start
 
 logger = logging.getLogger(__name__)
 
-SNAPSHOT_PREFIX = "snapshot_best_mft_model_"
-
-
 # --------------------------------------------------------------------------------------- model adapters
-
-def hf_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits [B, C] of a Hugging Face sequence classifier for a metaft batch."""
-    return model(**{k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}).logits
-
 
 def ce_loss(model, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
     """Stage 3: plain (unweighted) cross-entropy."""
@@ -122,24 +121,6 @@ def _meta_finetune(cfg: MetaConfig) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------- stage 3
-
-
-def evaluate_checkpoint(best_dir: Path, test_set: EncodedDataset, cfg: FinetuneConfig, labels: list[str]) -> dict:
-    """Evaluate the saved best checkpoint (loaded back from its folder) on the test set."""
-    from transformers import AutoModelForSequenceClassification
-
-    recover_folder(best_dir)
-    try:
-        model = from_pretrained(AutoModelForSequenceClassification, best_dir, cfg.trust_remote_code)
-    except (OSError, ValueError, RuntimeError) as exc:  # a damaged file is a DataError already
-        raise ConfigError(f"{best_dir}: cannot load the best checkpoint ({exc})") from None
-    accelerator = make_accelerator(cfg.mixed_precision)
-    model = accelerator.prepare_model(model, evaluation_mode=True)  # no DDP wrapper: inference only
-    loader = eval_loader(test_set, cfg.eval_batch_size, accelerator, cfg.pad_to_multiple_of, cfg.pad_to_length)
-    try:
-        return evaluate(model, loader, hf_logits, accelerator, labels)
-    except NonFiniteError as exc:
-        raise NonFiniteError(f"{best_dir}: {exc}") from None
 
 
 def finetune(cfg: FinetuneConfig) -> FinetuneResult:

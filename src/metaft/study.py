@@ -2,6 +2,9 @@
 
 One unit of work per (seed, stage, variant, domain), each in its own folder with its own result file;
 a rerun skips finished units (``force`` redoes them), so an interrupted study resumes where it stopped.
+Units run one per process (:func:`metaft.scheduler.execute`, ``pack`` 1) or, with ``pack`` (on CUDA by
+default), stage by stage in banks of runs trained in lock step (:func:`execute_packed`); either way each unit's
+folder and record are the same (a banked unit's times are its share of its bank's).
 
 Run folder::
 
@@ -46,7 +49,7 @@ from .results import (
     from_dict,
     write_study,
 )
-from .scheduler import Unit, execute, finished_results, meta_snapshot
+from .scheduler import Unit, execute, finished_results, meta_snapshot, unit_name
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +102,8 @@ def _typicality(cfg: StudyConfig, cross: Path) -> float:
 
 
 def _unit_record(unit: Unit, result: FinetuneResult, run: Path) -> UnitRecord:
+    """The unit's study record; ``wall_time_s`` is its ``timings.total_s`` (a banked run: its share of the bank's
+    time plus its own preparation and test evaluation)."""
     test = result.test
     return UnitRecord(unit.seed, unit.variant, unit.domain, test["accuracy"], test["macro_f1"], test["n"],
                       result.best_dev_accuracy, result.timings.get("total_s", 0.0), str(unit.out.relative_to(run)))
@@ -175,6 +180,53 @@ def run_unit(cfg: StudyConfig, unit: Unit, model: str, group: str) -> MetaResult
     return unit.results()
 
 
+def execute_packed(cfg: StudyConfig, plan: list[Unit], group: str, on_done, pack: int | None) -> None:
+    """Stage 2, then stage 3, each in banks (:func:`metaft.packed.run_packed`; ``pack``: runs per bank at most,
+    None = as many as fit in memory): every pending meta unit of every seed and variant, then every pending
+    fine-tuning unit whose start model is ready (the baseline's always is). Finished units are checked and
+    reported first, as :func:`metaft.scheduler.execute` does. A run that diverged is reported (NonFiniteError)
+    once every other unit is done; the units that start from it are not run."""
+    from .evaluation import NonFiniteError
+    from .packed import PreparedRun, run_packed
+    from .packed_meta import PreparedMetaRun
+    from .stages import finetune, meta_finetune
+
+    snapshots: dict[tuple, str] = {}  # meta stages done: key -> best meta-learner folder
+    count = {"done": 0, "todo": 0}
+    errors: list[str] = []
+
+    def finish(unit: Unit, res: MetaResult | FinetuneResult) -> None:
+        if unit.domain is None:
+            snapshots[unit.key] = meta_snapshot(unit, res)
+        on_done(unit, res)
+
+    for meta_stage in (True, False):
+        todo = []
+        for unit in (u for u in plan if (u.domain is None) == meta_stage):
+            if unit.needs is not None and unit.needs not in snapshots:
+                continue  # its meta stage diverged
+            model = cfg.model if unit.needs is None else snapshots[unit.needs]
+            if finished_results(cfg, unit) is not None:
+                finish(unit, run_unit(cfg, unit, model, group))  # checked against its inputs, not rerun
+            else:
+                todo.append((unit, stage_config(cfg, unit, model, group)))
+        count["todo"] += len(todo)
+
+        def banked(i: int, _result, todo=todo) -> None:
+            count["done"] += 1
+            unit = todo[i][0]
+            logger.info("%d of %d units done (%s)", count["done"], count["todo"], unit_name(unit))
+            finish(unit, unit.results())
+
+        prepared, one_run = (PreparedMetaRun, meta_finetune) if meta_stage else (PreparedRun, finetune)
+        try:
+            run_packed([c for _, c in todo], pack, prepared, one_run, banked)
+        except NonFiniteError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise NonFiniteError("; ".join(errors))
+
+
 def _run_study(cfg: StudyConfig) -> StudyResults:
     from .report import write_report
 
@@ -212,7 +264,13 @@ def _run_study(cfg: StudyConfig) -> StudyResults:
         study.units = [units[u.key] for u in plan if u.key in units]
         write_study(run / STUDY_FILE, study)
 
-    execute(cfg, plan, group, on_done, run_unit)
+    from .bank_plan import resolve_pack
+
+    pack = resolve_pack(cfg.pack)
+    if pack == 1:
+        execute(cfg, plan, group, on_done, run_unit)
+    else:
+        execute_packed(cfg, plan, group, on_done, pack)
     if cfg.pca:
         for seed in cfg.seeds:
             pca_path = run / f"seed-{seed}" / "pca.json"

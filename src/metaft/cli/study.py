@@ -28,7 +28,7 @@ def register(subparsers) -> None:
                    help="fine-tuning setting (those of `metaft finetune --help`)")
     p.add_argument("--typicality", action="append", metavar="KEY=VALUE", default=[],
                    help="stage-1 setting (those of `metaft preprocess --help`)")
-    add_arguments(p, StudyConfig, ["pca", "jobs", "force", "label_noise"], typed=False)
+    add_arguments(p, StudyConfig, ["pca", "jobs", "pack", "force", "label_noise"], typed=False)
     p.set_defaults(func=run_main)
 
     r = subparsers.add_parser("report", help="rebuild report.md and the plots of a study from its JSON results")

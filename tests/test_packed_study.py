@@ -1,0 +1,155 @@
+"""Packed studies and banks that stop and resume: ``metaft run --pack N`` writes the folders and records of
+the one-run path, a bank killed midway resumes to the results of an uninterrupted one, and a run that diverges
+inside a bank is stopped alone."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import comparable, ft_config, metrics_without_time, same_weights, write_task
+from metaft.bank import Bank
+from metaft.cli import main
+from metaft.config import StudyConfig
+from metaft.evaluation import NonFiniteError
+from metaft.packed_stages import finetune_packed
+from metaft.results import read_study
+
+FAST = {"meta": {"epochs": 1, "batch_size": 8, "eval_batch_size": 256, "learning_rate": 1e-4},
+        "finetune": {"epochs": 1, "batch_size": 8, "eval_batch_size": 256, "learning_rate": 1e-4,
+                     "test_limit": 64}}
+BANK = dict(epochs=5, eval_every=4, dropout=0.1, mixed_precision="no")  # 30 steps of 8 examples, with dropout
+
+
+def files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_a_packed_study_writes_the_one_run_path_s_folders_and_records(tiny_model_dir, corpora_root, tmp_path):
+    settings = dict(corpora=str(corpora_root), group="g1", k=4, seeds=(42,), model=str(tiny_model_dir),
+                    ablations=("multitask",), jobs=1, pca=False, **FAST)
+    one = StudyConfig.from_dict({**settings, "out": str(tmp_path / "one"), "pack": 1})
+    from metaft.study import run_study
+
+    lone = run_study(one)
+    config = tmp_path / "study.json"
+    config.write_text(json.dumps(settings))
+    assert main(["-q", "run", "--config", str(config), "--out", str(tmp_path / "packed"), "--pack", "4"]) == 0
+    packed = read_study(tmp_path / "packed" / "study.json")
+    assert json.loads((tmp_path / "packed" / "config.json").read_text())["pack"] == 4
+    assert files(tmp_path / "packed") == files(tmp_path / "one")
+    assert [(u.variant, u.domain, u.path) for u in packed.units] == [(u.variant, u.domain, u.path) for u in lone.units]
+    assert [(m.variant, m.path) for m in packed.meta] == [(m.variant, m.path) for m in lone.meta]
+    assert all(u.wall_time_s > 0 and 0 <= u.test_accuracy <= 1 for u in packed.units)
+    for unit in packed.units:
+        a, b = (json.loads((tmp_path / s / unit.path / "results.json").read_text()) for s in ("one", "packed"))
+        assert a.keys() == b.keys() and a["timings"].keys() == b["timings"].keys()
+        assert b["timings"]["total_s"] == unit.wall_time_s
+    assert (tmp_path / "packed" / "report.md").is_file()
+    # a rerun (back to one run at a time: pack may change) reuses every unit
+    assert main(["-q", "run", "--config", str(config), "--out", str(tmp_path / "packed"), "--pack", "1"]) == 0
+    assert read_study(tmp_path / "packed" / "study.json").units == packed.units
+
+
+def test_pack_auto_is_the_one_run_path_on_cpu_and_banks_on_cuda():
+    from metaft.bank_plan import resolve_pack
+
+    assert StudyConfig().pack is None and StudyConfig.from_dict({"pack": "auto"}).pack is None
+    assert resolve_pack(None, torch.device("cpu")) == 1
+    assert resolve_pack(None, torch.device("cuda")) is None  # sized by free memory
+    assert resolve_pack(3, torch.device("cpu")) == 3
+    with pytest.raises(Exception, match="pack must be >= 1"):
+        StudyConfig.from_dict({"pack": 0})
+
+
+@pytest.fixture(scope="module")
+def three_tasks(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("bank-tasks")
+    return [write_task(root / f"t{i}", seed=7 * i + 2) for i in range(3)]
+
+
+def bank_configs(tasks, model, root: Path, **kw):
+    return [ft_config(d, model, root / f"r{i}", seed=i + 1, **{**BANK, **kw}) for i, d in enumerate(tasks)]
+
+
+def stop_after(monkeypatch, steps: int) -> None:
+    real = Bank.train_step
+
+    def train_step(self):
+        if self.step == steps:
+            raise KeyboardInterrupt("killed")
+        return real(self)
+
+    monkeypatch.setattr(Bank, "train_step", train_step)
+
+
+def test_an_interrupted_bank_resumes_to_the_uninterrupted_results(tiny_model_dir, three_tasks, tmp_path,
+                                                                    monkeypatch):
+    cfgs = bank_configs(three_tasks, tiny_model_dir, tmp_path)
+    with monkeypatch.context() as mp:
+        stop_after(mp, 10)  # killed at step 10; the state was saved at the evaluation of step 8
+        with pytest.raises(KeyboardInterrupt):
+            finetune_packed(cfgs, pack=3)
+    assert not any((tmp_path / f"r{i}" / "results.json").exists() for i in range(3))  # nothing looks finished
+    saved = json.loads((tmp_path / "r0" / "state" / "bank.json").read_text())
+    assert saved["step"] == 8 and not (tmp_path / "r1" / "state").exists()
+    resumed = finetune_packed([c.replace(resume=True) for c in cfgs], pack=3)
+    assert [r.resumed_from for r in resumed] == [8, 8, 8]
+    assert not (tmp_path / "r0" / "state").exists()  # finished: nothing left to resume
+    kept = {i: (metrics_without_time(tmp_path / f"r{i}"), tmp_path / f"kept{i}") for i in range(3)}
+    for i in range(3):
+        (tmp_path / f"r{i}" / "best").rename(kept[i][1])
+    fresh = finetune_packed([c.replace(force=True) for c in cfgs], pack=3)  # the same bank, uninterrupted
+    assert [r.resumed_from for r in fresh] == [None] * 3
+    for i in range(3):
+        assert comparable(resumed[i]) == comparable(fresh[i])
+        assert kept[i][0] == metrics_without_time(tmp_path / f"r{i}")
+        assert same_weights(kept[i][1], tmp_path / f"r{i}" / "best")
+    # the runs differ (data, seed, dropout), so a mix-up would show above
+    assert len({json.dumps(comparable(r)["dev_history"]) for r in fresh}) == 3
+
+
+def test_a_bank_with_other_members_starts_over(tiny_model_dir, three_tasks, tmp_path, monkeypatch):
+    cfgs = bank_configs(three_tasks, tiny_model_dir, tmp_path)
+    with monkeypatch.context() as mp:
+        stop_after(mp, 10)
+        with pytest.raises(KeyboardInterrupt):
+            finetune_packed(cfgs, pack=3)
+    two = finetune_packed([c.replace(resume=True) for c in cfgs[:2]], pack=3)
+    assert [r.resumed_from for r in two] == [None, None]  # membership changed: started over
+    train_steps = [r["step"] for r in metrics_without_time(tmp_path / "r0") if r["kind"] == "train"]
+    assert train_steps == list(range(1, 31))  # the killed bank's records are gone, not appended to
+    assert not (tmp_path / "r2" / "results.json").exists()
+
+
+def test_a_diverging_run_is_stopped_alone(tiny_model_dir, three_tasks, tmp_path, monkeypatch):
+    cfgs = bank_configs(three_tasks, tiny_model_dir, tmp_path)
+    clean = finetune_packed(cfgs, pack=3)
+    clean_metrics = [metrics_without_time(tmp_path / f"r{i}") for i in range(3)]
+    real = Bank.train_step
+
+    def poisoned(self):  # run 1's weights turn NaN after step 7, as a diverging run's would
+        out = real(self)
+        if self.step == 7:
+            with torch.no_grad():
+                self.params["bert.encoder.layer.0.output.dense.weight"][1].fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(Bank, "train_step", poisoned)
+    with pytest.raises(NonFiniteError, match=rf"1 run\(s\) of a bank diverged: {re.escape(str(tmp_path / 'r1'))}: "
+                                             r"the loss is nan at step 8: the run diverged"):
+        finetune_packed([c.replace(force=True) for c in cfgs], pack=3)
+    for i in (0, 2):  # the others finish as if nothing happened
+        assert comparable(json.loads((tmp_path / f"r{i}" / "results.json").read_text())) == comparable(clean[i])
+        assert metrics_without_time(tmp_path / f"r{i}") == clean_metrics[i]
+    run = tmp_path / "r1"
+    assert not (run / "results.json").exists()  # finished as the one-run path leaves a diverged run
+    rows = metrics_without_time(run)
+    assert max(r["step"] for r in rows) == 7 and rows == clean_metrics[1][:len(rows)]
+    from helpers import weights_of
+
+    assert all(torch.isfinite(w).all() for w in weights_of(run / "best").values())  # the step-4 checkpoint
