@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from helpers import ft_config, write_task
-from metaft.errors import ConfigError
 from metaft.bank_plan import bank_capacity, plan_banks
+from metaft.errors import ConfigError
 from metaft.packed_stages import finetune_packed
 from metaft.stages import finetune
 

@@ -276,10 +276,14 @@ class Bank:
         return {k: v[r] for k, v in self.params.items()}
 
     def evaluate(self, r: int, loader) -> dict:
-        """Classification metrics of run r (its current weights) on ``loader``."""
+        """Classification metrics of run r (its current weights) on ``loader``, on a forked RNG: iterating a data
+        loader draws from the global RNG, and whether a run is evaluated (a stopped run is not) must not change
+        the other runs' dropout."""
         params = self.run_params(r)
-        return evaluate(self.template, loader, lambda model, batch: self.eval_logits(model, params, batch), self.acc,
-                        self.members[r].labels)
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            return evaluate(self.template, loader, lambda model, batch: self.eval_logits(model, params, batch), self.acc,
+                                self.members[r].labels)
 
     def eval_logits(self, model: nn.Module, params: dict, batch: dict) -> torch.Tensor:
         """Class logits [B, C] of one run (``params``) for an evaluation batch."""
