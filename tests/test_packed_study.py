@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import comparable, ft_config, metrics_without_time, same_weights, write_task
+from helpers import comparable, ft_config, metrics_without_time, same_weights, weights_of, write_task
 from metaft.bank import Bank
 from metaft.cli import main
 from metaft.config import StudyConfig
@@ -126,30 +126,54 @@ def test_a_bank_with_other_members_starts_over(tiny_model_dir, three_tasks, tmp_
     assert not (tmp_path / "r2" / "results.json").exists()
 
 
-def test_a_diverging_run_is_stopped_alone(tiny_model_dir, three_tasks, tmp_path, monkeypatch):
+def poison(monkeypatch, where: str) -> None:
+    """Make run 1 of a bank diverge: NaN weights after step 7 (its loss at step 8 is NaN), or NaN dev logits at
+    the evaluation of step 8 (finite weights)."""
+    if where == "weights":
+        real = Bank.train_step
+
+        def train_step(self):
+            out = real(self)
+            if self.step == 7:
+                with torch.no_grad():
+                    self.params["bert.encoder.layer.0.output.dense.weight"][1].fill_(float("nan"))
+            return out
+
+        monkeypatch.setattr(Bank, "train_step", train_step)
+    else:
+        real_eval = Bank.evaluate
+
+        def evaluate(self, r, loader):
+            if r != 1 or self.step != 8:
+                return real_eval(self, r, loader)
+            logits = self.eval_logits
+            self.eval_logits = lambda model, params, batch: logits(model, params, batch) * float("nan")
+            try:
+                return real_eval(self, r, loader)
+            finally:
+                del self.eval_logits
+
+        monkeypatch.setattr(Bank, "evaluate", evaluate)
+
+
+@pytest.mark.parametrize("where, why, last_step", [
+    ("weights", "the loss is nan at step 8", 7),
+    ("logits", r"step 8: the model gives non-finite logits \(NaN / inf\) for 24 of 24 evaluation examples", 8)])
+def test_a_diverging_run_is_stopped_alone(tiny_model_dir, three_tasks, tmp_path, monkeypatch, where, why, last_step):
     cfgs = bank_configs(three_tasks, tiny_model_dir, tmp_path)
     clean = finetune_packed(cfgs, pack=3)
     clean_metrics = [metrics_without_time(tmp_path / f"r{i}") for i in range(3)]
-    real = Bank.train_step
-
-    def poisoned(self):  # run 1's weights turn NaN after step 7, as a diverging run's would
-        out = real(self)
-        if self.step == 7:
-            with torch.no_grad():
-                self.params["bert.encoder.layer.0.output.dense.weight"][1].fill_(float("nan"))
-        return out
-
-    monkeypatch.setattr(Bank, "train_step", poisoned)
+    poison(monkeypatch, where)
     with pytest.raises(NonFiniteError, match=rf"1 run\(s\) of a bank diverged: {re.escape(str(tmp_path / 'r1'))}: "
-                                             r"the loss is nan at step 8: the run diverged"):
+                                             rf"{why}.*: the run diverged"):
         finetune_packed([c.replace(force=True) for c in cfgs], pack=3)
     for i in (0, 2):  # the others finish as if nothing happened
         assert comparable(json.loads((tmp_path / f"r{i}" / "results.json").read_text())) == comparable(clean[i])
         assert metrics_without_time(tmp_path / f"r{i}") == clean_metrics[i]
     run = tmp_path / "r1"
-    assert not (run / "results.json").exists()  # finished as the one-run path leaves a diverged run
+    assert not (run / "results.json").exists()  # left as the one-run path leaves a diverged run
     rows = metrics_without_time(run)
-    assert max(r["step"] for r in rows) == 7 and rows == clean_metrics[1][:len(rows)]
-    from helpers import weights_of
-
+    assert max(r["step"] for r in rows) == last_step and rows == clean_metrics[1][:len(rows)]
+    assert [r["step"] for r in rows if r["kind"] == "dev"] == [4]
     assert all(torch.isfinite(w).all() for w in weights_of(run / "best").values())  # the step-4 checkpoint
+    assert not (tmp_path / "r0" / "state").exists()

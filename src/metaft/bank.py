@@ -345,8 +345,8 @@ class Bank:
 
     # -- the loop
     def train(self) -> float:
-        """Train every run to its end, evaluating and checkpointing as the one-run loop does; returns the wall
-        time in seconds."""
+        """Train every run to its end (or until it is stopped), evaluating and checkpointing as the one-run loop
+        does; returns the bank's training time in seconds, earlier sessions of a resumed bank included."""
         t0 = self.state_saved_at = time.monotonic()
         elapsed = lambda: self.elapsed0 + time.monotonic() - t0  # noqa: E731
         every = self.cfg.eval_every or self.steps_per_epoch
