@@ -72,10 +72,11 @@ def machine(device: str) -> dict:
 
 
 def write(path: str, data: dict) -> None:
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Rewrite the whole results JSON atomically (a run cut at any moment leaves every figure measured so far)."""
+    from metaft.fileio import write_json
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, data)
 
 
 def prepare_data(work: Path, seeds=(42,)) -> Path:
@@ -263,7 +264,13 @@ def equivalence(args) -> None:
             return FinetuneConfig(data_dir=str(single / domain / f"16-{seed}"), model=str(model),
                                   out=str(work / tag / str(i)), seed=seed, resume=True, **settings)
 
-        lone = [finetune(cfg("lone", i, d, s)) for i, (d, s) in enumerate(units)]
+        lone = []
+        for i, (d, s) in enumerate(units):  # each lone run's figures saved as it ends
+            lone.append(finetune(cfg("lone", i, d, s)))
+            out.setdefault("lone_runs", []).append({"domain": d, "split_seed": s, "best_step": lone[-1].best_step,
+                                                    "best_dev_accuracy": lone[-1].best_dev_accuracy,
+                                                    "test_accuracy": lone[-1].test_accuracy})
+            write(args.out, out)
         banked = finetune_packed([cfg("bank", i, d, s) for i, (d, s) in enumerate(units)], pack=4)
         for i, ((domain, seed), a, b) in enumerate(zip(units, lone, banked)):
             la, lb = (train_losses(work / tag / str(i)) for tag in ("lone", "bank"))
