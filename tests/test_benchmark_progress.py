@@ -92,3 +92,43 @@ def test_packed_speed_saves_every_variant(tmp_path, monkeypatch):
     variants = json.loads(out.read_text())["variants"]
     assert set(variants) == {"unit", "packed-2"}
     assert variants["packed-2"]["speedup_vs_unit"] == pytest.approx(0.2 / 0.25)
+
+
+def test_packed_study_units_saves_every_variant_with_its_ratio_to_the_unit_path(tmp_path, monkeypatch):
+    import metaft.packed
+    import metaft.stages
+
+    packed = load("packed")
+    out = tmp_path / "units.json"
+    step_s = {1: 0.1, 2: 0.16}  # seconds per step: one run, a bank of two
+
+    def fake_train(cfgs, runs_per_step):
+        for cfg in cfgs:
+            Path(cfg.out).mkdir(parents=True)
+            rows = [{"kind": "train", "step": i + 1, "elapsed_s": round(step_s[runs_per_step] * (i + 1), 3)}
+                    for i in range(6)]
+            (Path(cfg.out) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        assert all(c.eval_every == 50 and c.test_limit is None and c.batch_size == 2 for c in cfgs)
+
+    def finetune_packed(cfgs, pack):
+        if pack == 4:
+            raise Cut
+        fake_train(cfgs, pack)
+
+    monkeypatch.setattr(packed, "prepare_data", lambda work, seeds=(42,): None)
+    monkeypatch.setattr(packed, "machine", lambda device: {"device": device})
+    monkeypatch.setattr(metaft.stages, "finetune", lambda cfg: fake_train([cfg], 1))
+    monkeypatch.setattr(metaft.packed, "finetune_packed", finetune_packed)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(Cut):
+        packed.main(["speed", "--study-units", "--steps", "6", "--packs", "2", "4", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["settings"]["steps"] == 6 and saved["settings"]["eval_every"] == 50
+    variants = saved["variants"]
+    assert set(variants) == {"unit", "packed-2"}
+    assert variants["unit"]["runs"][0]["units"] == 3
+    assert variants["unit"]["units_per_hour_training_1024"] == pytest.approx(3600 / (1024 * 0.1))
+    assert variants["packed-2"]["units_per_hour_training_1024"] == pytest.approx(3600 / (1024 * 0.08))
+    assert variants["packed-2"]["vs_unit"]["units_per_hour_training_1024"] == pytest.approx(0.1 / 0.08)
+    assert variants["packed-2"]["vs_unit"]["units_per_hour"] == pytest.approx(
+        variants["packed-2"]["units_per_hour"] / variants["unit"]["units_per_hour"])
