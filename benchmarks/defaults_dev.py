@@ -24,6 +24,7 @@ CONFIGS = {  # name -> extra flags of `metaft finetune`
     "current": ["--head-pooling", "pooler", "--head", "reinit"],
     "mean-probe": ["--head-pooling", "mean", "--head", "probe"],
     "mean-probe-headlr10": ["--head-pooling", "mean", "--head", "probe", "--head-lr", "1e-4"],
+    "current-headlr10": ["--head-pooling", "pooler", "--head", "reinit", "--head-lr", "1e-4"],
 }
 OUT = Path(__file__).parent / "results"
 

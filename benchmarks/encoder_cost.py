@@ -7,7 +7,8 @@ Runs the metaft CLI on one seed of g1 (K = 16, seed 42) for each model with the 
 ``/usr/bin/time -v`` prints). Per-step and per-example costs are differences between two runs that differ
 only in steps (or test examples), so loading, the final evaluation and saving cancel out. CPU seconds rather
 than wall seconds because the machine is shared: on an idle machine one single-threaded process turns CPU
-seconds into wall seconds nearly 1:1, and the wall times are recorded too, with the load average.
+seconds into wall seconds nearly 1:1, and the wall times are recorded too, with the load average. The
+results JSON is rewritten (atomically, whole) after every timed run, so a cut run keeps what it measured.
 
     python benchmarks/encoder_cost.py --models minilm mpnet --out benchmarks/results/encoder-cost.json
 """
@@ -45,23 +46,38 @@ def timed(cmd: list[str], env: dict) -> dict:
             "peak_rss_mib": round(usage.ru_maxrss / 1024), "load_avg_1min": round(os.getloadavg()[0], 1)}
 
 
-def measure(model: str, work: Path, env: dict) -> dict:
-    """All runs for one model on its own prepared copy of g1 16-42 (typicality scores are per model)."""
+def save(path: Path, result: dict) -> None:
+    """Rewrite the whole results JSON atomically (a run cut at any moment leaves every figure measured so far)."""
+    from metaft.fileio import write_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, result)
+
+
+def measure(model: str, work: Path, env: dict, runs: dict | None = None, measured=lambda: None) -> dict:
+    """All runs for one model on its own prepared copy of g1 16-42 (typicality scores are per model). Each
+    timed run goes into ``runs`` as soon as it ends, and ``measured()`` is called (to save it)."""
     metaft = [sys.executable, "-m", "metaft", "-q"]
+    runs = {} if runs is None else runs
+
+    def run(name: str, cmd: list[str]) -> None:
+        runs[name] = timed(cmd, env)
+        measured()
+
     data = work / model
     timed([*metaft, "prepare", "--group", "g1", "--k", "16", "--seeds", "42", "--out", str(data)], env)
     cross, sst2 = data / "k-shot-cross/g1/16-42", data / "k-shot-single/SST-2/16-42"
-    runs = {"typicality": timed([*metaft, "preprocess", str(cross), "--model", model], env)}
+    run("typicality", [*metaft, "preprocess", str(cross), "--model", model])
     common = ["--model", model, "--save-state-every", "100000", "--force"]
     for epochs in (1, 2):
-        runs[f"meta_e{epochs}"] = timed([*metaft, "meta-finetune", "--data-dir", str(cross), "--batch-size", "4",
-                                         "--lr", "5e-5", "--eval-every", "100", "--epochs", str(epochs),
-                                         "--out", str(work / f"{model}-meta-e{epochs}"), *common], env)
+        run(f"meta_e{epochs}", [*metaft, "meta-finetune", "--data-dir", str(cross), "--batch-size", "4",
+                                "--lr", "5e-5", "--eval-every", "100", "--epochs", str(epochs),
+                                "--out", str(work / f"{model}-meta-e{epochs}"), *common])
     for epochs, test in ((1, 64), (3, 64), (1, 576)):
-        runs[f"ft_e{epochs}_test{test}"] = timed([*metaft, "finetune", "--data-dir", str(sst2), "--batch-size", "2",
-                                                  "--lr", "1e-5", "--eval-every", "50", "--epochs", str(epochs),
-                                                  "--test-limit", str(test),
-                                                  "--out", str(work / f"{model}-ft-e{epochs}-t{test}"), *common], env)
+        run(f"ft_e{epochs}_test{test}", [*metaft, "finetune", "--data-dir", str(sst2), "--batch-size", "2",
+                                         "--lr", "1e-5", "--eval-every", "50", "--epochs", str(epochs),
+                                         "--test-limit", str(test),
+                                         "--out", str(work / f"{model}-ft-e{epochs}-t{test}"), *common])
     meta_step = (runs["meta_e2"]["cpu_s"] - runs["meta_e1"]["cpu_s"]) / META_STEPS_PER_EPOCH
     ft_step = (runs["ft_e3_test64"]["cpu_s"] - runs["ft_e1_test64"]["cpu_s"]) / (2 * FT_STEPS_PER_EPOCH)
     per_example = (runs["ft_e1_test576"]["cpu_s"] - runs["ft_e1_test64"]["cpu_s"]) / 512
@@ -101,13 +117,14 @@ def main(argv: list[str] | None = None) -> int:
                  "64 epochs batch 2, eval every 50); best-model saves and training-state saves are not in it"),
         "models": {},
     }
+    save(args.out, result)
     with tempfile.TemporaryDirectory(prefix="encoder-cost-") as tmp:
         for model in args.models:
             print(f"measuring {model} ...", flush=True)
-            result["models"][model] = measure(model, Path(tmp), env)
-            print(json.dumps({k: v for k, v in result["models"][model].items() if k != "runs"}), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+            entry = result["models"][model] = {"runs": {}}  # filled run by run, the figures at the end
+            entry.update(measure(model, Path(tmp), env, entry["runs"], lambda: save(args.out, result)))
+            save(args.out, result)
+            print(json.dumps({k: v for k, v in entry.items() if k != "runs"}), flush=True)
     print(f"wrote {args.out}")
     return 0
 

@@ -22,32 +22,52 @@ from metaft import MetaConfig, PrepareConfig, TypicalityConfig, compute_typicali
 from metaft.config import SEED_RECIPE_META
 from metaft.study import machine_info
 
+# name -> meta-stage settings; a "typicality_space" entry picks the scores' space (default raw)
 SETTINGS = {"permute-on": {"corruption": "permute", "domain_embedding": True},
-            "uniform-off": {"corruption": "uniform", "domain_embedding": False}}
+            "uniform-off": {"corruption": "uniform", "domain_embedding": False},
+            "permute-on-normalized": {"corruption": "permute", "domain_embedding": True,
+                                      "typicality_space": "normalized"},
+            "uniform-off-normalized": {"corruption": "uniform", "domain_embedding": False,
+                                       "typicality_space": "normalized"}}
+SPACES = ("raw", "normalized")
 
 
-def cross_dir(work: Path, seed: int) -> Path:
-    return work / "data" / "k-shot-cross" / "g1" / f"16-{seed}"
+def cross_dir(work: Path, seed: int, space: str = "raw") -> Path:
+    """The meta stage's data folder: splits plus typicality scores in ``space`` (one copy per space)."""
+    return work / ("data" if space == "raw" else f"data-{space}") / "k-shot-cross" / "g1" / f"16-{seed}"
 
 
 def setup(work: Path, seeds: list[int]) -> None:
-    """Prepare the splits and typicality scores (run once, before the training processes)."""
+    """Prepare the splits and typicality scores in each space (run once, before the training processes)."""
+    import shutil
+
     prepare(PrepareConfig(out=str(work / "data"), corpora=os.environ.get("METAFT_CORPORA"), group="g1", k=16,
                           seeds=tuple(seeds)))
     for seed in seeds:
-        if not (cross_dir(work, seed) / "typicality.tsv").is_file():
-            compute_typicality(TypicalityConfig(data_dir=str(cross_dir(work, seed))))
+        for space in SPACES:
+            folder = cross_dir(work, seed, space)
+            if space != "raw" and not folder.is_dir():
+                folder.mkdir(parents=True)
+                for name in ("train.tsv", "dev.tsv", "manifest.json"):
+                    shutil.copy2(cross_dir(work, seed) / name, folder / name)
+            if not (folder / "typicality.tsv").is_file():
+                compute_typicality(TypicalityConfig(data_dir=str(folder), space=space))
 
 
-def train(work: Path, seed: int, settings: list[str]) -> None:
+def train(work: Path, seed: int, settings: list[str], head_pooling: str) -> None:
     import torch
 
     torch.set_num_threads(1)
     for name in settings:
         out = work / f"meta-{name}-{seed}"
+        if (out / "meta_results.json").is_file():
+            continue
+        meta = dict(SETTINGS[name])
+        space = meta.pop("typicality_space", "raw")
         t0 = time.perf_counter()
-        meta_finetune(MetaConfig(**SEED_RECIPE_META, **SETTINGS[name], data_dir=str(cross_dir(work, seed)),
-                                 out=str(out), seed=seed, task_name="g1", resume=out.exists()))
+        meta_finetune(MetaConfig(**SEED_RECIPE_META, **meta, head_pooling=head_pooling,
+                                 data_dir=str(cross_dir(work, seed, space)), out=str(out), seed=seed,
+                                 task_name="g1", resume=out.exists()))
         res = json.loads((out / "meta_results.json").read_text(encoding="utf-8"))
         print(f"seed {seed} {name}: meta dev accuracy {res['best_dev_accuracy']:.4f} (step {res['best_step']}; "
               f"{time.perf_counter() - t0:.0f} s)", flush=True)
@@ -115,15 +135,17 @@ def best_dev_until(run: Path, step: int) -> float:
     return max(r["dev_accuracy"] for r in devs if r["step"] <= step)
 
 
-def summarise(work: Path, seeds: list[int], out: Path) -> None:
+def summarise(work: Path, seeds: list[int], settings: list[str], out: Path) -> None:
     from metaft.domain_probe import domain_probe_for_folder, domain_probe_for_model
 
     rows = []
     for seed in seeds:
         cross = cross_dir(work, seed)
         before = domain_probe_for_model("minilm", cross / "dev.tsv", seed=seed)
-        for name in SETTINGS:
+        for name in settings:
             run = work / f"meta-{name}-{seed}"
+            if not (run / "metrics.jsonl").is_file():
+                continue
             res = run_result(run)
             after = domain_probe_for_folder(res.pop("best_dir"), cross / "dev.tsv", seed=seed)
             rows.append({"seed": seed, "setting": name, **SETTINGS[name], **res,
@@ -135,8 +157,10 @@ def summarise(work: Path, seeds: list[int], out: Path) -> None:
             r["common_step"] = common
             r["best_dev_until_common_step"] = best_dev_until(work / f"meta-{r['setting']}-{seed}", common)
     means = {}
-    for name in SETTINGS:
+    for name in settings:
         sel = [r for r in rows if r["setting"] == name]
+        if not sel:
+            continue
         means[name] = {"meta_dev_accuracy": sum(r["meta_dev_accuracy"] for r in sel) / len(sel),
                        "best_dev_until_common_step": sum(r["best_dev_until_common_step"] for r in sel) / len(sel),
                        "late_domain_loss": sum(r["late_domain_loss"] for r in sel) / len(sel),
@@ -157,6 +181,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--seeds", type=int, nargs="+", default=[42, 13])
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--head-pooling", default="pooler", help="the meta stage's classification head")
     ap.add_argument("--work", default="runs/mechanics-dev")
     ap.add_argument("--out", default="benchmarks/results/mechanics-dev.json")
     args = ap.parse_args()
@@ -164,11 +189,11 @@ def main() -> None:
     if args.what == "setup":
         setup(work, args.seeds)
     elif args.what == "train":
-        train(work, args.seed, args.settings)
+        train(work, args.seed, args.settings, args.head_pooling)
     elif args.what == "typicality":
         print(json.dumps(typicality_variants(work, args.seeds), indent=1))
     else:
-        summarise(work, args.seeds, Path(args.out))
+        summarise(work, args.seeds, args.settings, Path(args.out))
 
 
 if __name__ == "__main__":

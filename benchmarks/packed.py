@@ -2,6 +2,7 @@
 time goes, and the equivalence of a banked run with the same run trained alone on the real model.
 
     python benchmarks/packed.py speed --device cpu --packs 2 4 8 --steps 30
+    python benchmarks/packed.py speed --study-units --packs 2 4 8 --steps 1024   # whole study units, one process
     python benchmarks/packed.py profile --device cpu
     python benchmarks/packed.py equivalence          # minilm with dropout 0, real 16-shot splits, fp32 CPU
 
@@ -13,6 +14,15 @@ the median of the per-step differences of ``elapsed_s`` in the runs' metrics.jso
 loading, evaluation and testing are not in it. Units per hour = 3600 / (1,024 planned steps of a g1 unit x
 step time / runs per step): training steps only. Every figure is written to the JSON as soon as it is
 measured (a cut run keeps what it measured).
+speed --study-units: whole g1 study fine-tuning units at the study's settings (batch 2, lr 1e-5, K = 16:
+32 training examples, 1,024 steps = 64 epochs, dev every 50 steps, eval batch 64, the domain's test set
+unless ``--test-limit``), ``--steps`` per unit (default 1,024; fewer to measure quickly), all in this one
+process: first one untimed ``--warmup``-step unit per domain (loads the libraries, fills the feature cache),
+then, alternating per repeat, ``unit`` (``--units`` units one at a time through ``stages.finetune``) and
+``packed-R`` (R units in one bank). Units per hour = units / wall time of the call, loading, evaluation and
+testing included; ``units_per_hour_training_1024`` = 3600 / (1,024 x median step time / runs per step), the
+training steps of a full unit only. Ratios are against the ``unit`` figures of the same run; the splits are
+16-42 for every unit (seeds 42, 43, ... differ), which costs what the study's own splits cost.
 profile: torch.profiler over N steps of a bank of 1 and of 4 (after W untimed steps), CPU time by operator
 and grouped (matmuls, embedding gradient, AdamW, copies/fills, the rest).
 """
@@ -45,7 +55,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--model", default="minilm", help="model folder or alias (e.g. a carried fp16 copy)")
     p.add_argument("--packs", type=int, nargs="+", default=[2, 4, 8], help="runs per bank to time")
-    p.add_argument("--steps", type=int, default=30, help="timed steps per variant")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per variant (default 30); --study-units: steps per unit (default 1024)")
+    p.add_argument("--study-units", action="store_true",
+                   help="speed: whole study units (dev evaluation, test) in one process, packed vs one at a time")
+    p.add_argument("--units", type=int, default=3, help="--study-units: units the per-unit path trains")
+    p.add_argument("--test-limit", type=int, default=None,
+                   help="--study-units: test examples per unit (default: the whole test set, as the study)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--repeats", type=int, default=1, help="runs of every variant, alternating; medians")
@@ -53,8 +69,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work", default=None, help=argparse.SUPPRESS)  # internal: the parent's prepared folder
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one variant, print JSON
     args = p.parse_args(argv)
+    if args.study_units and args.part != "speed":
+        p.error("--study-units is a mode of the speed part")
+    if args.steps is None:
+        args.steps = G1_UNIT_STEPS if args.study_units else 30
     if args.out is None:
-        args.out = str(ROOT / "benchmarks" / "results" / f"packed-{args.part}-{args.device}.json")
+        part = "study-units" if args.study_units else args.part
+        args.out = str(ROOT / "benchmarks" / "results" / f"packed-{part}-{args.device}.json")
     return args
 
 
@@ -72,10 +93,11 @@ def machine(device: str) -> dict:
 
 
 def write(path: str, data: dict) -> None:
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Rewrite the whole results JSON atomically (a run cut at any moment leaves every figure measured so far)."""
+    from metaft.fileio import write_json
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, data)
 
 
 def prepare_data(work: Path, seeds=(42,)) -> Path:
@@ -102,6 +124,7 @@ def unit_configs(work: Path, model: str, count: int, steps: int, tag: str, **ext
 
 
 def step_times(run_dir: Path, warmup: int) -> list[float]:
+    """Differences of consecutive training steps' ``elapsed_s`` after the first ``warmup`` steps."""
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     t = [r["elapsed_s"] for r in rows if r["kind"] == "train"]
     return [b - a for a, b in zip(t[warmup - 1:], t[warmup:])]
@@ -172,6 +195,69 @@ def summarise(variants: dict) -> None:
     for name, v in variants.items():
         if unit and name != "unit" and "s_per_run_step" in v:
             v["speedup_vs_unit"] = unit / v["s_per_run_step"]
+
+
+# ------------------------------------------------------------------------------------------ study units
+
+def study_units(args) -> None:
+    """Whole g1 study units per hour, packed in banks of R vs one at a time, in this process (module doc)."""
+    import shutil
+
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch is imported
+    import torch
+
+    from metaft.packed_stages import finetune_packed
+    from metaft.stages import finetune
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    study = {**SETTINGS, "eval_every": 50, "test_limit": args.test_limit}
+    out = {"machine": machine(args.device), "settings": {**vars(args), **study}, "variants": {}}
+    write(args.out, out)
+    with tempfile.TemporaryDirectory(prefix="packed-units-") as tmp:
+        work = Path(tmp)
+        os.environ["METAFT_CACHE"] = str(work / "cache")
+        prepare_data(work)
+        for cfg in unit_configs(work, args.model, len(DOMAINS), args.warmup, "warmup", **study):
+            finetune(cfg)
+        names = ["unit"] + [f"packed-{r}" for r in args.packs]
+        for repeat in range(args.repeats):
+            for name in names if repeat % 2 == 0 else names[::-1]:
+                count = args.units if name == "unit" else int(name.split("-")[1])
+                cfgs = unit_configs(work, args.model, count, args.steps, f"{name}-{repeat}", **study)
+                t0 = time.perf_counter()
+                if name == "unit":
+                    for cfg in cfgs:
+                        finetune(cfg)
+                else:
+                    finetune_packed(cfgs, pack=count)
+                wall = time.perf_counter() - t0
+                steps = step_times(Path(cfgs[0].out), 1)
+                per_run = statistics.median(steps) / (1 if name == "unit" else count) if steps else None
+                run = {"repeat": repeat, "units": count, "steps_per_unit": args.steps, "wall_s": wall,
+                       "units_per_hour": 3600 * count / wall, "s_per_run_step": per_run,
+                       "units_per_hour_training_1024": 3600 / (G1_UNIT_STEPS * per_run) if per_run else None}
+                out["variants"].setdefault(name, {"runs": []})["runs"].append(run)
+                summarise_units(out["variants"])
+                out["machine"]["load_average_end"] = os.getloadavg()
+                write(args.out, out)
+                shutil.rmtree(work / "runs" / f"{name}-{repeat}", ignore_errors=True)
+                print(name, json.dumps(run), flush=True)
+
+
+def summarise_units(variants: dict) -> None:
+    """Per variant: medians over its repeats, and each figure's ratio to the per-unit path's."""
+    keys = ("units_per_hour", "units_per_hour_training_1024")
+    for v in variants.values():
+        for key in keys:
+            values = [r[key] for r in v["runs"] if r.get(key)]
+            if values:
+                v[key] = statistics.median(values)
+    unit = variants.get("unit", {})
+    for name, v in variants.items():
+        if name != "unit":
+            v["vs_unit"] = {key: v[key] / unit[key] for key in keys if v.get(key) and unit.get(key)}
 
 
 # ---------------------------------------------------------------------------------------------- profile
@@ -263,7 +349,13 @@ def equivalence(args) -> None:
             return FinetuneConfig(data_dir=str(single / domain / f"16-{seed}"), model=str(model),
                                   out=str(work / tag / str(i)), seed=seed, resume=True, **settings)
 
-        lone = [finetune(cfg("lone", i, d, s)) for i, (d, s) in enumerate(units)]
+        lone = []
+        for i, (d, s) in enumerate(units):  # each lone run's figures saved as it ends
+            lone.append(finetune(cfg("lone", i, d, s)))
+            out.setdefault("lone_runs", []).append({"domain": d, "split_seed": s, "best_step": lone[-1].best_step,
+                                                    "best_dev_accuracy": lone[-1].best_dev_accuracy,
+                                                    "test_accuracy": lone[-1].test_accuracy})
+            write(args.out, out)
         banked = finetune_packed([cfg("bank", i, d, s) for i, (d, s) in enumerate(units)], pack=4)
         for i, ((domain, seed), a, b) in enumerate(zip(units, lone, banked)):
             la, lb = (train_losses(work / tag / str(i)) for tag in ("lone", "bank"))
@@ -290,6 +382,9 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.WARNING)
     if args.one:
         print(json.dumps(one_variant(args)))
+        return
+    if args.study_units:
+        study_units(args)
         return
     {"speed": speed, "profile": profile, "equivalence": equivalence}[args.part](args)
 

@@ -27,6 +27,8 @@
     typicality embedding gets ``pad_to=128`` too). ``--e2e-scale`` multiplies the epoch counts.
 On CUDA (bf16 autocast) it also measures stage-2 throughput at batch 4 and 32 with every batch padded to
 128 tokens as a percentage of a measured bf16 matmul ceiling (``--mfu`` runs the same on CPU in fp32).
+The results JSON is rewritten (atomically, whole) after every measured figure, so a run cut at a time limit
+keeps every figure it measured.
 """
 
 from __future__ import annotations
@@ -441,6 +443,48 @@ def median_of(runs: list[dict]) -> dict:
             "mean_padded_tokens_per_batch": runs[0]["mean_padded_tokens_per_batch"]}
 
 
+def ratios_of(eps: dict[str, float], args) -> dict[str, float]:
+    """The throughput ratios whose two variants are measured (all of them once every variant is)."""
+    pairs = {
+        "stage2_vs_trainer_fused": ("metaft_stage2_corrupt", "trainer_g1_adamw_torch_fused"),
+        "stage3_vs_trainer_fused": ("metaft_stage3_ce", "trainer_sst2_adamw_torch_fused"),
+        "stage2_vs_trainer_fused_metaft_malloc": ("metaft_stage2_corrupt", "trainer_g1_adamw_torch_fused_metaft_malloc"),
+        "stage2_pad_longest_vs_pad_8": ("metaft_stage2_pad_longest", "metaft_stage2_corrupt"),
+        "stage2_compiled_vs_trainer_fused": ("metaft_stage2_compiled", "trainer_g1_adamw_torch_fused"),
+        "stage2_vs_trainer_adamw_torch": ("metaft_stage2_corrupt", "trainer_g1_adamw_torch"),
+        "stage3_vs_trainer_adamw_torch": ("metaft_stage3_ce", "trainer_sst2_adamw_torch"),
+    }
+    ratios = {k: eps[a] / eps[b] for k, (a, b) in pairs.items() if a in eps and b in eps}
+    if "metaft_stage2_no_domain_loss" in eps and "metaft_stage2_corrupt" in eps:
+        ratios["domain_loss_time_overhead"] = eps["metaft_stage2_no_domain_loss"] / eps["metaft_stage2_corrupt"] - 1
+    return ratios
+
+
+def save(path: str | Path, results: dict) -> None:
+    """Rewrite the whole results JSON atomically (a run cut at any moment leaves every figure measured so far)."""
+    from metaft.fileio import write_json
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, results)
+
+
+def measure_throughput(args, names: list[str], run_one, results: dict, say=print) -> None:
+    """Every variant ``args.repeats`` times, alternating (one run of each per repeat); after every run the
+    medians so far, the ratios they allow and the run itself go into ``results`` and the JSON is rewritten."""
+    runs: dict[str, list[dict]] = {k: [] for k in names}
+    for rep in range(args.repeats):
+        for name in names:
+            r = run_one(name, rep)
+            runs[name].append(r)
+            results["throughput"] = {k: median_of(v) for k, v in runs.items() if v}
+            results["ratios"] = ratios_of({k: v["examples_per_s"] for k, v in results["throughput"].items()}, args)
+            results["throughput_runs_done"] = sum(map(len, runs.values()))
+            results["machine"]["load_average_last"] = os.getloadavg()
+            save(args.out, results)
+            say(f"  repeat {rep + 1}/{args.repeats} {name:32s} {r['examples_per_s']:8.2f} ex/s "
+                f"({r['s_per_step'] * 1000:.1f} ms/step, {r['mean_padded_tokens_per_batch']:.0f} padded tokens/batch)")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.device == "cpu":
@@ -465,6 +509,7 @@ def main(argv=None) -> int:
         return 0
     results: dict = {"machine": machine_info(args.device), "settings": {**vars(args), "mixed_precision": mp},
                      "throughput": {}, "ratios": {}, "e2e": None, "mfu": None}
+    save(args.out, results)
     say = print
     say(f"# metaft speed ({args.device}, {results['machine']['device_name']}, {args.model}, mixed precision {mp}, "
         f"torch {torch.__version__}, {os.cpu_count()} CPUs, load {results['machine']['load_average_start']})")
@@ -481,34 +526,13 @@ def main(argv=None) -> int:
         if not args.skip_throughput:
             variants = throughput_variants(args, work, model, mp)
             child_argv = sys.argv[1:] if argv is None else list(argv)
-            runs: dict[str, list[dict]] = {k: [] for k in variants}
-            for rep in range(args.repeats):  # alternate: one run of every variant per repeat
-                for name in variants:
-                    r = (run_isolated(name, rep, work, child_argv) if args.device == "cpu"
-                         else variants[name](work / f"run-{name}-{rep}"))
-                    runs[name].append(r)
-                    say(f"  repeat {rep + 1}/{args.repeats} {name:32s} {r['examples_per_s']:8.2f} ex/s "
-                        f"({r['s_per_step'] * 1000:.1f} ms/step, {r['mean_padded_tokens_per_batch']:.0f} padded tokens/batch)")
-            tp = {k: median_of(v) for k, v in runs.items()}
-            results["throughput"] = tp
-            eps = {k: v["examples_per_s"] for k, v in tp.items()}
-            ratios = {
-                "stage2_vs_trainer_fused": eps["metaft_stage2_corrupt"] / eps["trainer_g1_adamw_torch_fused"],
-                "stage3_vs_trainer_fused": eps["metaft_stage3_ce"] / eps["trainer_sst2_adamw_torch_fused"],
-                "domain_loss_time_overhead": eps["metaft_stage2_no_domain_loss"] / eps["metaft_stage2_corrupt"] - 1,
-            }
-            if "trainer_g1_adamw_torch_fused_metaft_malloc" in eps:
-                ratios["stage2_vs_trainer_fused_metaft_malloc"] = (eps["metaft_stage2_corrupt"]
-                                                                   / eps["trainer_g1_adamw_torch_fused_metaft_malloc"])
-            if "metaft_stage2_pad_longest" in eps:
-                ratios["stage2_pad_longest_vs_pad_8"] = eps["metaft_stage2_pad_longest"] / eps["metaft_stage2_corrupt"]
-            if args.compile_mode != "none":
-                ratios["stage2_compiled_vs_trainer_fused"] = (eps["metaft_stage2_compiled"]
-                                                              / eps["trainer_g1_adamw_torch_fused"])
-            if not args.no_adamw_torch:
-                ratios["stage2_vs_trainer_adamw_torch"] = eps["metaft_stage2_corrupt"] / eps["trainer_g1_adamw_torch"]
-                ratios["stage3_vs_trainer_adamw_torch"] = eps["metaft_stage3_ce"] / eps["trainer_sst2_adamw_torch"]
-            results["ratios"] = ratios
+
+            def run_one(name: str, rep: int) -> dict:
+                return (run_isolated(name, rep, work, child_argv) if args.device == "cpu"
+                        else variants[name](work / f"run-{name}-{rep}"))
+
+            measure_throughput(args, list(variants), run_one, results, say)
+            tp, ratios = results["throughput"], results["ratios"]
             say(f"\n## (a)+(b) throughput, medians of {args.repeats} alternating runs, {args.warmup} warm-up + "
                 f"{args.steps} timed steps each, max length 128")
             for k, v in tp.items():
@@ -519,10 +543,10 @@ def main(argv=None) -> int:
                 say(f"  stage 2 / Trainer with metaft's malloc setting: {ratios['stage2_vs_trainer_fused_metaft_malloc']:.3f}")
             if "stage2_pad_longest_vs_pad_8" in ratios:
                 say(f"  stage 2 padded to the longest / to multiples of 8: {ratios['stage2_pad_longest_vs_pad_8']:.3f}")
-            if args.compile_mode != "none":
+            if "stage2_compiled_vs_trainer_fused" in ratios:
                 say(f"  stage 2 compiled ({args.compile_mode}) / Trainer (adamw_torch_fused): "
                     f"{ratios['stage2_compiled_vs_trainer_fused']:.3f} (GPU target >= 3)")
-            if not args.no_adamw_torch:
+            if "stage2_vs_trainer_adamw_torch" in ratios:
                 say(f"  stage 2 / Trainer (adamw_torch):        {ratios['stage2_vs_trainer_adamw_torch']:.3f}")
                 say(f"  stage 3 / Trainer (adamw_torch):        {ratios['stage3_vs_trainer_adamw_torch']:.3f}")
             say(f"  domain-loss cost (step time, corrupt vs none): {100 * ratios['domain_loss_time_overhead']:+.1f} % "
@@ -530,7 +554,8 @@ def main(argv=None) -> int:
 
         if args.device == "cuda" or args.mfu:
             ceiling = matmul_ceiling(args.device)
-            mfu = {"ceiling": ceiling, "runs": {}}
+            mfu = results["mfu"] = {"ceiling": ceiling, "runs": {}}
+            save(args.out, results)
             say(f"\n## stage-2 training at 128 tokens as % of the measured matmul ceiling "
                 f"({ceiling['tflops']:.2f} TFLOP/s, {ceiling['dtype']} {ceiling['n']}^3)")
             per_example = train_flops_per_example(model, 128)
@@ -539,17 +564,18 @@ def main(argv=None) -> int:
                 r["tflops"] = r["examples_per_s"] * per_example / 1e12
                 r["percent_of_ceiling"] = 100 * r["tflops"] / ceiling["tflops"]
                 mfu["runs"][f"batch{batch}"] = r
+                save(args.out, results)
                 say(f"  batch {batch:2d} x 128: {r['examples_per_s']:8.2f} examples/s, {r['tflops']:.3f} TFLOP/s = "
                     f"{r['percent_of_ceiling']:.1f} % of the ceiling")
-            results["mfu"] = mfu
 
         if args.e2e_scale > 0:
             say(f"\n## (c) end to end, g1 16-42 seed recipe at e2e scale {args.e2e_scale:g} (epochs x "
                 f"{args.e2e_scale:g}: meta {G1_RECIPE['meta_epochs'] * args.e2e_scale:g}, finetune "
                 f"{G1_RECIPE['ft_epochs'] * args.e2e_scale:g}), preprocess + meta-finetune + finetune + test 872")
-            e2e = {"scale": args.e2e_scale, "recipe": G1_RECIPE}
+            e2e = results["e2e"] = {"scale": args.e2e_scale, "recipe": G1_RECIPE}
             for name, pad_to in (("dynamic", None), ("padded_128", 128)):
                 e2e[name] = run_e2e(cross, sst2, model, work / f"e2e-{name}", args.e2e_scale, pad_to, mp)
+                save(args.out, results)
                 t = e2e[name]
                 say(f"  {name:10s} total {t['total_s']:7.1f} s (preprocess {t['preprocess_s']:.1f}, meta "
                     f"{t['meta_finetune_s']:.1f} [{t['meta_steps']} steps], finetune+test {t['finetune_s']:.1f} "
@@ -557,15 +583,12 @@ def main(argv=None) -> int:
             e2e["speedup_dynamic_vs_padded_128"] = e2e["padded_128"]["total_s"] / e2e["dynamic"]["total_s"]
             say(f"  padded-128 / dynamic wall time: {e2e['speedup_dynamic_vs_padded_128']:.2f}x "
                 f"(acceptance >= 2x) at e2e scale {args.e2e_scale:g}")
-            results["e2e"] = e2e
     results["machine"]["load_average_end"] = os.getloadavg()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    save(args.out, results)
     say(f"\nload average at start {results['machine']['load_average_start']}, at end "
         f"{results['machine']['load_average_end']} (another job shares these CPUs: noisy timings)"
         if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1) else "")
-    say(f"results: {out}")
+    say(f"results: {args.out}")
     return 0
 
 

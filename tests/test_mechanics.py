@@ -258,16 +258,6 @@ def test_label_noise_flips_exactly_round_pn_labels_seeded_and_recorded(tmp_path)
         add_label_noise(src, tmp_path / "x", 1.0, seed=5)
 
 
-def test_t_interval_matches_a_hand_computation():
-    from metaft.mechanisms import t_interval, t_quantile_975
-
-    ci = t_interval([0.01, 0.03, 0.02])  # mean .02, sd .01, t(2) = 4.303
-    assert ci["mean"] == pytest.approx(0.02)
-    assert ci["high"] - ci["mean"] == pytest.approx(4.303 * 0.01 / np.sqrt(3))
-    assert t_interval([0.1]) is None
-    assert t_quantile_975(200) == pytest.approx(1.972, abs=1e-3)
-
-
 # ------------------------------------------------------------------------------------------------ study
 
 @pytest.fixture(scope="module")

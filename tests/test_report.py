@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import math
 import random
+import re
 import statistics
 
 import pytest
@@ -61,6 +63,20 @@ def _table_rows(report: str) -> dict[tuple[str, str], list[str]]:
     return rows
 
 
+def interval_of(diffs: list[float]) -> tuple[float, float, float]:
+    """Mean and 95 % t-interval in points, computed here from the textbook formula."""
+    t975 = {2: 4.303, 1: 12.706}[len(diffs) - 1]
+    mean, half = statistics.mean(diffs), t975 * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return 100 * mean, 100 * (mean - half), 100 * (mean + half)
+
+
+def parse_delta(cell: str) -> tuple[float, float, float]:
+    """``+1.23 [-0.40, +2.86]`` -> (1.23, -0.40, 2.86)."""
+    m = re.fullmatch(r"([+-]\d+\.\d\d) \[([+-]\d+\.\d\d), ([+-]\d+\.\d\d)\]", cell)
+    assert m, cell
+    return float(m[1]), float(m[2]), float(m[3])
+
+
 def test_report_numbers_equal_an_independent_computation(synthetic_run):
     run, study = synthetic_run
     report = write_report(run).read_text()
@@ -76,11 +92,11 @@ def test_report_numbers_equal_an_independent_computation(synthetic_run):
             assert float(std_txt) == pytest.approx(100 * statistics.stdev(vals), abs=0.006)  # sample std
             if v != "baseline":
                 diffs = [accs[s] - base[s] for s in SEEDS]
-                assert float(rows[(d, v)][4]) == pytest.approx(100 * statistics.mean(diffs), abs=0.006)
+                assert parse_delta(rows[(d, v)][4]) == pytest.approx(interval_of(diffs), abs=0.006)
                 wins, losses, ties = (int(x) for x in rows[(d, v)][5].split(" / "))
                 assert (wins, losses, ties) == (sum(x > 0 for x in diffs), sum(x < 0 for x in diffs),
                                                 sum(x == 0 for x in diffs))
-    assert "ddof = 1" in report
+    assert "ddof = 1" in report and "95 % paired t-interval" in report
 
 
 def test_the_frozen_lr_reference_row_compares_the_baseline_with_it(synthetic_run):
@@ -95,7 +111,8 @@ def test_the_frozen_lr_reference_row_compares_the_baseline_with_it(synthetic_run
         cells = rows[(d, "frozen-LR")]
         assert cells[2].startswith(f"{statistics.mean(ref.values()) * 100:.2f} ± ")
         diffs = [base[s] - ref[s] for s in SEEDS]
-        assert cells[4] == f"baseline {statistics.mean(diffs) * 100:+.2f}"
+        assert cells[4].startswith("baseline ")
+        assert parse_delta(cells[4].removeprefix("baseline ")) == pytest.approx(interval_of(diffs), abs=0.006)
         assert cells[5] == f"{sum(x > 0 for x in diffs)} / {sum(x < 0 for x in diffs)} / 0"
     assert "frozen-LR" not in summarise(read_study(run / "study.json"))["variants"]  # a reference row, not a variant
 
@@ -113,7 +130,7 @@ def test_ablations_are_compared_with_full_mft(synthetic_run):
         acc = {v: {u["seed"]: u["test_accuracy"] for u in study["units"] if u["domain"] == d and u["variant"] == v}
                for v in ("mft", "no-typicality")}
         diffs = [acc["no-typicality"][s] - acc["mft"][s] for s in SEEDS]
-        assert float(rows[(d, "no-typicality")][2]) == pytest.approx(100 * statistics.mean(diffs), abs=0.006)
+        assert parse_delta(rows[(d, "no-typicality")][2]) == pytest.approx(interval_of(diffs), abs=0.006)
         assert rows[(d, "no-typicality")][3] == f"{sum(x > 0 for x in diffs)} / {sum(x < 0 for x in diffs)} / " \
                                                f"{sum(x == 0 for x in diffs)}"
 
@@ -132,6 +149,77 @@ def test_single_seed_std_is_a_dash():
     study = StudyResults(units=[UnitRecord(1, "baseline", "A", 0.5), UnitRecord(1, "mft", "A", 0.75)])
     rows = summarise(study)["rows"]
     assert rows[0]["std"] is None and rows[1]["delta_mean"] == pytest.approx(0.25)
+    assert rows[0]["mean_low"] is None and rows[1]["delta_low"] is None and rows[1]["n"] == 1
+
+
+def test_the_summary_carries_the_intervals():
+    units = [UnitRecord(s, v, "A", acc) for s, b, m, a in ((1, 0.50, 0.51, 0.49), (2, 0.60, 0.62, 0.58),
+                                                           (3, 0.70, 0.73, 0.71))
+             for v, acc in (("baseline", b), ("mft", m), ("no-typicality", a))]
+    rows = {r["variant"]: r for r in summarise(StudyResults(units=units))["rows"]}
+    half = 4.303 * 0.01 / math.sqrt(3)  # MFT − baseline: 1, 2, 3 points
+    assert rows["mft"]["delta_mean"] == pytest.approx(0.02)
+    assert (rows["mft"]["delta_low"], rows["mft"]["delta_high"]) == pytest.approx((0.02 - half, 0.02 + half))
+    assert (rows["mft"]["wins"], rows["mft"]["losses"], rows["mft"]["ties"]) == (3, 0, 0)
+    vs_mft = rows["no-typicality"]["vs_mft"]  # -2, -4, -2 points
+    assert vs_mft["delta_mean"] == pytest.approx(-0.08 / 3)
+    assert vs_mft["delta_high"] - vs_mft["delta_mean"] == pytest.approx(
+        4.303 * statistics.stdev([-0.02, -0.04, -0.02]) / math.sqrt(3))
+    base_half = 4.303 * 0.1 / math.sqrt(3)  # the baseline's mean over seeds: 0.5, 0.6, 0.7
+    assert (rows["baseline"]["mean_low"], rows["baseline"]["mean_high"]) == pytest.approx(
+        (0.6 - base_half, 0.6 + base_half))
+    json.dumps(summarise(StudyResults(units=units)))  # JSON-ready for consumers of the numbers
+
+
+def test_one_seed_reports_no_interval(synthetic_run):
+    run, study = synthetic_run
+    study["units"] = [u for u in study["units"] if u["seed"] == 42]
+    (run / "study.json").write_text(json.dumps(study))
+    report = write_report(run).read_text()
+    for cells in _table_rows(report).values():
+        if cells[1] != "baseline":
+            assert cells[4].endswith("(1 seed: no interval)"), cells
+    assert "with one seed there is no interval" in report
+    with Image.open(run / "accuracy.png") as img:
+        img.verify()
+
+
+def test_the_interval_verdict_names_the_domains():
+    from metaft.report import interval_verdict
+
+    row = {"domain": "A", "delta_low": 0.01, "delta_high": 0.03}
+    assert interval_verdict([row]) == "The 95 % paired t-interval of MFT − baseline lies above 0 on: A."
+    assert "contains 0 on every domain" in interval_verdict([dict(row, delta_low=-0.01)])
+    assert interval_verdict([row, dict(row, domain="B", delta_low=-0.05, delta_high=-0.01),
+                             dict(row, domain="C", delta_low=-0.01)]) == (
+        "The 95 % paired t-interval of MFT − baseline lies above 0 on: A; below 0 on: B (contains 0 elsewhere).")
+
+
+def test_the_accuracy_plot_draws_the_intervals(monkeypatch, tmp_path):
+    import matplotlib.axes
+
+    from metaft.plots import accuracy_plot
+
+    drawn = []
+    orig = matplotlib.axes.Axes.errorbar
+
+    def errorbar(self, x, y, yerr=None, **kw):
+        drawn.append((list(x), list(y), yerr.tolist(), kw.get("label")))
+        return orig(self, x, y, yerr=yerr, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", errorbar)
+    units = [UnitRecord(s, v, d, acc) for s in (1, 2, 3) for d in ("A", "B")
+             for v, acc in (("baseline", 0.5 + s / 10), ("mft", 0.6 + s / 20))]
+    units.append(UnitRecord(4, "mft", "C", 0.9))  # one seed on C: no bar there
+    summary = summarise(StudyResults(units=units))
+    accuracy_plot(tmp_path / "accuracy.png", summary)
+    assert len(drawn) == 2  # one call per variant
+    x, y, yerr, label = drawn[0]  # baseline: A and B only (no C result)
+    half = 100 * 4.303 * 0.1 / math.sqrt(3)
+    assert y == pytest.approx([70.0, 70.0]) and sum(yerr, []) == pytest.approx([half] * 4)
+    assert label == "95 % t-interval of the mean"
+    x, y, yerr, label = drawn[1]  # mft: A, B; C has one seed
+    assert len(x) == 2 and label is None
 
 
 def test_report_cli_and_missing_study(synthetic_run, tmp_path, capsys):

@@ -13,7 +13,7 @@ handful of batched kernels instead of R times the per-run ones. Everything else 
   gradient; clipping uses each run's own global norm; AdamW is elementwise, so one fused AdamW over the stacked
   tensors is R independent AdamWs (weight-decay groups as :func:`metaft.training.build_optimizer`);
 - the learning-rate schedule is shared: a bank only holds runs with the same step count and optimiser
-  settings (see :func:`metaft.packed.bank_key`);
+  settings (see :func:`metaft.bank_plan.bank_key`);
 - dev evaluation, the best-dev checkpoint (a standard HF folder with the run's own config) and metrics.jsonl
   per run, as the one-run loop writes them;
 - divergence: a run whose loss, weights or dev logits turn NaN / inf is stopped alone (its weights frozen, no

@@ -13,37 +13,13 @@
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
+
+from .stats import t_interval
 
 TYPICALITY_CHECKS = ("space", "leave_one_out", "own_prototype_fraction")  # typicality.json keys the study keeps
 DOMAIN_LOSS_VARIANTS = ("mft", "no-typicality", "grl")  # the meta-learners trained with a domain loss
 REFERENCE = "multitask"  # neither typicality nor a domain loss
-# two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
-
-
-def t_quantile_975(df: int) -> float:
-    """The 97.5 % quantile of Student's t (a table up to 30 degrees of freedom, then Fisher's expansion)."""
-    if df < 1:
-        raise ValueError("a t-interval needs at least one degree of freedom")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959964
-    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
-
-
-def t_interval(diffs: list[float]) -> dict | None:
-    """Mean of paired differences with its 95 % t-interval (None for fewer than two)."""
-    n = len(diffs)
-    if n < 2:
-        return None
-    mean = sum(diffs) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-    half = t_quantile_975(n - 1) * sd / math.sqrt(n)
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
 
 
 # ------------------------------------------------------------------------------------------- report

@@ -1,4 +1,4 @@
-"""PNG plots of a study: accuracy bars with per-seed dots, dev learning curves, typicality histograms and
+"""PNG plots of a study: accuracy bars with per-seed dots and 95 % t-intervals of the mean, dev learning curves, typicality histograms and
 a 2-D PCA of sentence embeddings before / after meta fine-tuning. Inputs are the run folder's files."""
 
 from __future__ import annotations
@@ -32,26 +32,46 @@ def _save(fig, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
+def interval_bars(means: list[float], rows: list[dict | None]) -> np.ndarray:
+    """Error-bar lengths [2, n] (below, above the mean) in points from each row's ``mean_low`` / ``mean_high``;
+    NaN (no bar) where a row is missing or has one seed."""
+    out = np.full((2, len(rows)), np.nan)
+    for i, (m, r) in enumerate(zip(means, rows)):
+        if r is not None and r.get("mean_low") is not None:
+            out[:, i] = (m - r["mean_low"] * 100, r["mean_high"] * 100 - m)
+    return out
+
+
 def accuracy_plot(path: Path, summary: dict) -> None:
+    """Bars: mean test accuracy over seeds; error bars: its 95 % t-interval over seeds; dots: the seeds."""
     plt = _pyplot()
     domains, variants = summary["domains"], summary["variants"]
     fig, ax = plt.subplots(figsize=(1.8 + 1.4 * len(domains) * max(1, len(variants)) / 2, 4))
     width = 0.8 / len(variants)
     rows = {(r["domain"], r["variant"]): r for r in summary["rows"]}
+    labelled = False
     for j, v in enumerate(variants):
         xs = np.arange(len(domains)) + (j - (len(variants) - 1) / 2) * width
         means = [rows[(d, v)]["mean"] * 100 if (d, v) in rows else np.nan for d in domains]
         ax.bar(xs, means, width * 0.9, label=v, alpha=0.75)
+        bars = interval_bars(means, [rows.get((d, v)) for d in domains])
+        has = ~np.isnan(bars[0])
+        if has.any():
+            ax.errorbar(xs[has], np.asarray(means)[has], yerr=bars[:, has], fmt="none", ecolor="black",
+                        elinewidth=1, capsize=3, zorder=4, label=None if labelled else "95 % t-interval of the mean")
+            labelled = True
         for x, d in zip(xs, domains):
             if (d, v) in rows:
                 vals = [a * 100 for a in rows[(d, v)]["per_seed"].values()]
                 ax.scatter([x] * len(vals), vals, color="black", s=10, zorder=3)
     ax.set_xticks(np.arange(len(domains)), domains)
     ax.set_ylabel("test accuracy (%)")
-    lows = [a * 100 for r in summary["rows"] for a in r["per_seed"].values()]
-    ax.set_ylim(max(0, min(lows) - 5), min(100, max(lows) + 3))
+    shown = [a * 100 for r in summary["rows"] for a in
+             (*r["per_seed"].values(), *(x for x in (r.get("mean_low"), r.get("mean_high")) if x is not None))]
+    ax.set_ylim(max(0, min(shown) - 5), min(100, max(shown) + 3))
     ax.legend(fontsize=8, ncol=min(3, len(variants)))
-    ax.set_title("Per-domain test accuracy (bars: mean over seeds; dots: seeds)")
+    ax.set_title("Per-domain test accuracy\nbars: mean over seeds; error bars: 95 % t-interval of that mean "
+                 "(none for one seed); dots: seeds", fontsize=9)
     _save(fig, path)
     plt.close(fig)
 

@@ -2,8 +2,9 @@
 
 Conventions: mean ± std over seeds with the *sample* standard deviation (ddof = 1; "–" for one seed).
 Accuracies are percentages on each domain's test set, for the checkpoint chosen on that domain's dev set.
-Δ vs baseline is the mean over seeds of the paired difference (same seed, same splits); each ablation is
-also compared with full MFT the same way, which is what says whether the part it removes helps.
+Δ vs baseline is the mean over seeds of the paired difference (same seed, same splits) with its 95 % paired
+t-interval (``stats``); each ablation is also compared with full MFT the same way, which is what says whether
+the part it removes helps.
 """
 
 from __future__ import annotations
@@ -19,20 +20,12 @@ from .errors import DataError
 from .fileio import write_text
 from .mechanisms import report_lines as mechanism_lines
 from .results import BASELINE, MFT, STUDY_FILE, StudyResults, UnitRecord, read_study
+from .stats import fmt_delta, mean_std, paired, t_interval
 
 logger = logging.getLogger(__name__)
 
 FROZEN_LR = "frozen-LR"  # reference row: logistic regression on frozen embeddings (trains no encoder)
 PLOTS = ("accuracy.png", "curves.png", "typicality.png", "pca.png")
-
-
-def mean_std(values: list[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation (ddof=1); std is None for fewer than two values."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
 def fmt_mean_std(values: list[float], scale: float = 100.0) -> str:
@@ -49,15 +42,6 @@ def variants_of(units: list[UnitRecord]) -> list[str]:
     return sorted(found, key=lambda v: (v != BASELINE, v != MFT, found.index(v)))
 
 
-def paired(per_seed: dict[int, float], reference: dict[int, float]) -> dict[str, float] | None:
-    """Mean paired difference to ``reference`` over the seeds both have, with its sign counts; None if none."""
-    diffs = [per_seed[s] - reference[s] for s in per_seed if s in reference]
-    if not diffs:
-        return None
-    return {"delta_mean": sum(diffs) / len(diffs), "wins": sum(x > 0 for x in diffs),
-            "losses": sum(x < 0 for x in diffs), "ties": sum(x == 0 for x in diffs)}
-
-
 def complete_seeds(study: StudyResults) -> list[int]:
     """Seeds with a result for every planned (variant, domain) fine-tuning unit of the study."""
     cfg = study.config
@@ -68,9 +52,20 @@ def complete_seeds(study: StudyResults) -> list[int]:
     return sorted(s for s, got in have.items() if planned <= got)
 
 
+def accuracy_row(domain: str, variant: str, per_seed: dict[int, float]) -> dict[str, Any]:
+    """Per-seed accuracies with their mean, sample std and the mean's 95 % t-interval over seeds (``mean_low``
+    / ``mean_high``, None for one seed)."""
+    mean, std = mean_std(list(per_seed.values()))
+    ci = t_interval(list(per_seed.values()))
+    return {"domain": domain, "variant": variant, "per_seed": per_seed, "mean": mean, "std": std,
+            "mean_low": None if ci is None else ci["low"], "mean_high": None if ci is None else ci["high"]}
+
+
 def summarise(study: StudyResults) -> dict[str, Any]:
-    """Per domain and variant: per-seed test accuracies, mean, std and the paired differences to the baseline
-    (keys ``delta_mean``, ``wins``, ``losses``, ``ties``) and, for ablations, to full MFT (``vs_mft``)."""
+    """Per domain and variant: per-seed test accuracies, mean, std, the mean's 95 % t-interval and the paired
+    differences to the baseline (keys ``delta_mean``, ``delta_low`` / ``delta_high`` (the 95 % paired
+    t-interval, None for one seed), ``n``, ``wins``, ``losses``, ``ties``) and, for ablations, to full MFT
+    (``vs_mft``, the same keys)."""
     acc: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
     for u in study.units:
         acc[(u.domain, u.variant)][u.seed] = u.test_accuracy
@@ -82,8 +77,7 @@ def summarise(study: StudyResults) -> dict[str, Any]:
             per_seed = dict(sorted(acc.get((d, v), {}).items()))
             if not per_seed:
                 continue
-            mean, std = mean_std(list(per_seed.values()))
-            row = {"domain": d, "variant": v, "per_seed": per_seed, "mean": mean, "std": std}
+            row = accuracy_row(d, v, per_seed)
             if v != BASELINE and (vs_base := paired(per_seed, base)):
                 row.update(vs_base)
             if v not in (BASELINE, MFT) and (vs_mft := paired(per_seed, mft)):
@@ -100,9 +94,7 @@ def reference_rows(study: StudyResults, domain: str, base: dict[int, float]) -> 
     per_seed = dict(sorted((s, a) for s, a in per_seed.items() if not base or s in base))
     if not per_seed:
         return []
-    mean, std = mean_std(list(per_seed.values()))
-    row = {"domain": domain, "variant": FROZEN_LR, "per_seed": per_seed, "mean": mean, "std": std,
-           "reference": True}
+    row = {**accuracy_row(domain, FROZEN_LR, per_seed), "reference": True}
     if diff := paired(base, per_seed):
         row["baseline_minus"] = diff
     return [row]
@@ -113,14 +105,15 @@ def _pct(mean: float, std: float | None) -> str:
 
 
 def domain_table(summary: dict) -> list[str]:
-    lines = ["| domain | variant | test accuracy % (mean ± std) | per seed | Δ vs baseline | wins / losses / ties |",
+    lines = ["| domain | variant | test accuracy % (mean ± std) | per seed | Δ vs baseline [95 % paired t-interval] "
+             "| wins / losses / ties |",
              "|---|---|---|---|---|---|"]
     for r in summary["rows"]:
         per_seed = ", ".join(f"{s}: {a * 100:.2f}" for s, a in r["per_seed"].items())
-        delta = f"{r['delta_mean'] * 100:+.2f}" if "delta_mean" in r else ""
+        delta = fmt_delta(r) if "delta_mean" in r else ""
         wlt = f"{r['wins']} / {r['losses']} / {r['ties']}" if "wins" in r else ""
         if b := r.get("baseline_minus"):  # the reference row: the baseline against it
-            delta, wlt = f"baseline {b['delta_mean'] * 100:+.2f}", f"{b['wins']} / {b['losses']} / {b['ties']}"
+            delta, wlt = f"baseline {fmt_delta(b)}", f"{b['wins']} / {b['losses']} / {b['ties']}"
         lines.append(f"| {r['domain']} | {r['variant']} | {_pct(r['mean'], r['std'])} | {per_seed} | {delta} | {wlt} |")
     return lines
 
@@ -129,11 +122,12 @@ def ablation_table(summary: dict) -> list[str]:
     rows = [r for r in summary["rows"] if "vs_mft" in r]
     if not rows:
         return []
-    lines = ["| domain | ablation | Δ vs full MFT | seeds where the ablation is better / worse / equal |",
+    lines = ["| domain | ablation | Δ vs full MFT [95 % paired t-interval] | seeds where the ablation is better / "
+             "worse / equal |",
              "|---|---|---|---|"]
     for r in rows:
         p = r["vs_mft"]
-        lines.append(f"| {r['domain']} | {r['variant']} | {p['delta_mean'] * 100:+.2f} | "
+        lines.append(f"| {r['domain']} | {r['variant']} | {fmt_delta(p)} | "
                      f"{p['wins']} / {p['losses']} / {p['ties']} |")
     return lines
 
@@ -173,6 +167,17 @@ def time_table(study: StudyResults) -> list[str]:
     return lines
 
 
+def interval_verdict(verdicts: list[dict]) -> str:
+    """Where the 95 % paired t-interval of MFT − baseline lies wholly above or below zero."""
+    above = [r["domain"] for r in verdicts if r["delta_low"] is not None and r["delta_low"] > 0]
+    below = [r["domain"] for r in verdicts if r["delta_high"] is not None and r["delta_high"] < 0]
+    if not above and not below:
+        return "The 95 % paired t-interval of MFT − baseline contains 0 on every domain."
+    return ("The 95 % paired t-interval of MFT − baseline lies " + "; ".join(
+        [f"above 0 on: {', '.join(above)}"] * bool(above) + [f"below 0 on: {', '.join(below)}"] * bool(below))
+        + (" (contains 0 elsewhere)." if len(above) + len(below) < len(verdicts) else "."))
+
+
 def _one_seed_caveat(study: StudyResults) -> str | None:
     """With one seed there is no spread over seeds; say how large the test sets' own sampling error is."""
     errors = [math.sqrt(u.test_accuracy * (1 - u.test_accuracy) / u.test_n) for u in study.units if u.test_n]
@@ -198,7 +203,9 @@ def render(study: StudyResults, summary: dict, plots: list[str]) -> str:
            "every result below was trained under that noise**"] if cfg.get("label_noise") else []),
         f"- hyper-parameters: {study.hyperparameter_note or 'see config.json'}",
         "- accuracy: test set of each domain, checkpoint selected on that domain's dev set; mean ± sample std "
-        "(ddof = 1) over seeds; Δ = mean paired difference to the baseline (same seed and splits).",
+        "(ddof = 1) over seeds; Δ = mean paired difference to the baseline (same seed and splits), in points, "
+        "with its 95 % paired t-interval: mean ± t(0.975, n−1)·s/√n over the n per-seed differences (s: their "
+        "sample std); with one seed there is no interval.",
         *([f"- {FROZEN_LR} (reference, trains no encoder): logistic regression on the frozen encoder's "
            "mean-pooled, L2-normalised embeddings of each domain's train split, C chosen on dev; its Δ column is "
            "the baseline minus it, its sign counts the seeds where the baseline is above / below / equal."]
@@ -210,12 +217,15 @@ def render(study: StudyResults, summary: dict, plots: list[str]) -> str:
         losers = [r["domain"] for r in verdicts if r["delta_mean"] <= 0]
         parts.append("MFT beats the baseline on every domain (mean over seeds)." if not losers else
                      f"**MFT does not beat the baseline on: {', '.join(losers)}** (mean over seeds).")
+        if any(r["delta_low"] is not None for r in verdicts):
+            parts.append(interval_verdict(verdicts))
         if len(seeds) == 1 and (caveat := _one_seed_caveat(study)):
             parts.append(caveat)
         parts.append("")
     if ablation_lines := ablation_table(summary):
         parts += ["## Ablations against full MFT", "",
-                  "Mean paired difference (ablation − MFT, same seed and splits) and its sign counts: a positive "
+                  "Mean paired difference (ablation − MFT, same seed and splits, in points) with its 95 % paired "
+                  "t-interval, and its sign counts: a positive "
                   "Δ means the removed part did not help on that domain.", "", *ablation_lines, ""]
     if meta_lines := meta_table(study):
         parts += ["## Meta stage (cross-domain dev set)", "", *meta_lines, ""]
