@@ -177,3 +177,32 @@ def test_a_diverging_run_is_stopped_alone(tiny_model_dir, three_tasks, tmp_path,
     assert [r["step"] for r in rows if r["kind"] == "dev"] == [4]
     assert all(torch.isfinite(w).all() for w in weights_of(run / "best").values())  # the step-4 checkpoint
     assert not (tmp_path / "r0" / "state").exists()
+
+
+def test_an_interrupted_meta_bank_resumes_to_the_uninterrupted_results(tiny_model_dir, tmp_path, monkeypatch):
+    """Stage 2: every variant's loss terms in one bank; stopped at step 12, resumed from its state at step 10."""
+    from metaft.config import MetaConfig
+    from metaft.packed_stages import meta_finetune_packed
+
+    cross = write_task(tmp_path / "k-shot-cross" / "toy" / "8-1", n_train=72, n_dev=36, n_test=0,
+                       domains=("book", "movie", "product"))
+    assert main(["-q", "preprocess", str(cross), "--model", str(tiny_model_dir)]) == 0
+    variants = {"mft": dict(domain_loss="corrupt"), "grl": dict(domain_loss="grl"),
+                "multitask": dict(typicality=False, domain_loss="none")}
+    cfgs = [MetaConfig(data_dir=str(cross), model=str(tiny_model_dir), out=str(tmp_path / v), epochs=2, batch_size=8,
+                       eval_batch_size=32, learning_rate=1e-3, eval_every=5, seed=i + 1, save_state_every_s=0, **kw)
+            for i, (v, kw) in enumerate(variants.items())]
+    with monkeypatch.context() as mp:
+        stop_after(mp, 12)
+        with pytest.raises(KeyboardInterrupt):
+            meta_finetune_packed(cfgs, pack=3)
+    resumed = meta_finetune_packed([c.replace(resume=True) for c in cfgs], pack=3)
+    first = [(json.loads((tmp_path / v / "meta_results.json").read_text()), metrics_without_time(tmp_path / v))
+             for v in variants]
+    assert [r["resumed_from"] for r, _ in first] == [10, 10, 10]
+    assert meta_finetune_packed([c.replace(force=True) for c in cfgs], pack=3) == resumed
+    for v, (results, metrics) in zip(variants, first):
+        again = json.loads((tmp_path / v / "meta_results.json").read_text())
+        assert {k: results[k] for k in ("dev_history", "best_step", "best_model_name", "best_dev_accuracy")} == {
+            k: again[k] for k in ("dev_history", "best_step", "best_model_name", "best_dev_accuracy")}
+        assert metrics == metrics_without_time(tmp_path / v)
