@@ -15,6 +15,7 @@ from helpers import comparable, ft_config, metrics_without_time, same_weights, w
 from metaft.bank import Bank
 from metaft.cli import main
 from metaft.config import StudyConfig
+from metaft.errors import ConfigError
 from metaft.evaluation import NonFiniteError
 from metaft.packed_stages import finetune_packed
 from metaft.results import read_study
@@ -62,8 +63,9 @@ def test_pack_auto_is_the_one_run_path_on_cpu_and_banks_on_cuda():
     assert resolve_pack(None, torch.device("cpu")) == 1
     assert resolve_pack(None, torch.device("cuda")) is None  # sized by free memory
     assert resolve_pack(3, torch.device("cpu")) == 3
-    with pytest.raises(Exception, match="pack must be >= 1"):
-        StudyConfig.from_dict({"pack": 0})
+    for bad in (0, -2, "two", 1.5, True):
+        with pytest.raises(ConfigError, match="pack must be a positive integer or 'auto'"):
+            StudyConfig.from_dict({"pack": bad})
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from .errors import ConfigError
 from .fileio import write_json
 from .hub import DEFAULT_MODEL
 from .pooling import POOLINGS
-from .settings import Settings, auto_none, field_map, on_off, parse_k, setting
+from .settings import Settings, field_map, on_off, parse_k, parse_pack, setting
 
 STANDARD_SEEDS = (13, 21, 42, 87, 100)
 MAX_SEED = 2**32 - 1
@@ -322,7 +322,7 @@ class StudyConfig(Saved):
     pca: bool = setting(True, flags=("--no-pca",), help="skip the embedding PCA plot")
     jobs: int = setting(0, ge=0, help="units run at once in worker processes (0 = automatic: 2 on a CPU-only "
                                       "machine with 2+ cores, else 1)")
-    pack: int | None = setting(None, ge=1, parse=auto_none, metavar="N|auto", help="runs trained together in one "
+    pack: int | None = setting(None, ge=1, parse=parse_pack, metavar="N|auto", help="runs trained together in one "
                                "process, in lock step: auto (default; saved as null) = banks as large as memory "
                                "allows on CUDA, 1 on CPU; 1 = one run at a time (--jobs); N = banks of at most N")
     label_noise: float = setting(0.0, ge=0, lt=1, metavar="P", help="positive control: flip a seeded fraction P of "

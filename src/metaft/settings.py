@@ -371,9 +371,17 @@ def parse_k(value: Any) -> int | None:
     return k
 
 
-def auto_none(value: Any) -> Any:
-    """``auto`` (any case) for a setting whose automatic choice is None."""
-    return None if isinstance(value, str) and value.strip().lower() == "auto" else value
+def parse_pack(value: Any) -> int | None:
+    """A study's ``pack``: a positive integer, or None / "auto" for the automatic choice."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    try:
+        pack = int(value)
+    except (TypeError, ValueError, OverflowError):
+        pack = 0
+    if isinstance(value, bool) or pack <= 0 or str(pack) != str(value).strip():
+        raise ConfigError(f"pack must be a positive integer or 'auto', got {value!r}")
+    return pack
 
 
 def on_off(value: Any) -> Any:

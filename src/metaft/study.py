@@ -191,6 +191,8 @@ def execute_packed(cfg: StudyConfig, plan: list[Unit], group: str, on_done, pack
     from .packed_meta import PreparedMetaRun
     from .stages import finetune, meta_finetune
 
+    logger.info("units run stage by stage in banks of %s runs in this process (jobs does not apply)",
+                f"at most {pack}" if pack else "as many as fit in memory")
     snapshots: dict[tuple, str] = {}  # meta stages done: key -> best meta-learner folder
     count = {"done": 0, "todo": 0}
     errors: list[str] = []
