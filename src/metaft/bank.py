@@ -11,16 +11,21 @@ handful of batched kernels instead of R times the per-run ones. Everything else 
   reproduced, so equivalence with the one-run path holds at dropout 0);
 - the loss of run r depends on run r's parameters only, so the gradient of the summed loss is each run's own
   gradient; clipping uses each run's own global norm; AdamW is elementwise, so one fused AdamW over the stacked
-  tensors is R independent AdamWs (weight-decay groups as :func:`metaft.training.build_optimizer`);
+  tensors is R independent AdamWs (weight-decay and head-learning-rate groups as
+  :func:`metaft.training.build_optimizer`);
+- the head: the architecture's own or a pooled one (``head_pooling`` mean / cls, see
+  :mod:`metaft.bank_forward`), fresh, kept or warm-started (``head probe``: fitted per run as its model is
+  built, before the bank starts); a kept or warm-started head is a dev candidate at step 0, as alone;
 - the learning-rate schedule is shared: a bank only holds runs with the same step count and optimiser
   settings (see :func:`metaft.bank_plan.bank_key`);
-- dev evaluation, the best-dev checkpoint (a standard HF folder with the run's own config) and metrics.jsonl
-  per run, as the one-run loop writes them;
+- dev evaluation, the best-dev checkpoint (the one-run path's folder, with the run's own config) and
+  metrics.jsonl per run, as the one-run loop writes them;
 - divergence: a run whose loss, weights or dev logits turn NaN / inf is stopped alone (its weights frozen, no
   more evaluations or checkpoints: a diverged model never becomes best) while the others go on.
 
 The resumable state of the whole bank (stacked weights, AdamW and schedule, RNG, step, each run's best so far
-and dev history) is saved at an evaluation at most every ``save_state_every_s`` seconds into ``state_dir``.
+and dev history) is saved at an evaluation at most every ``save_state_every_s`` seconds into ``state_dir``
+(on CUDA at most every :data:`CUDA_MIN_SAVE_S`: see :func:`save_interval`).
 
 Attention runs in HF's "eager" implementation inside the bank with a ready-made additive mask: the SDPA path
 has no vmap batching rule on CPU (it would loop over the runs) and HF's mask helpers branch on tensor values.
@@ -40,18 +45,22 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
+from .bank_forward import adamw_groups, classifier_output
 from .checkpoints import append_metrics, save_bank_state
 from .devices import make_accelerator
 from .errors import ConfigError
 from .evaluation import NonFiniteError, evaluate
 from .features import MODEL_INPUT_KEYS, Collator, EncodedDataset, eval_loader
 from .fileio import save_atomic
+from .heads import head_parameters
 from .losses import weighted_cross_entropy
 from .steps import build_scheduler, epoch_permutation, group_by_length, planned_steps, step_batch
 
 logger = logging.getLogger(__name__)
+
+CUDA_MIN_SAVE_S = 300.0
 
 
 @dataclass
@@ -70,9 +79,10 @@ class Member:
     history: list[dict] = field(default_factory=list)
 
 
-def decays(name: str, per_run_ndim: int) -> bool:
-    """build_optimizer's rule: weight decay on matrices and embeddings, not on biases or LayerNorm."""
-    return per_run_ndim >= 2 and "norm" not in name.lower()
+def save_interval(save_state_every_s: float, device: torch.device) -> float:
+    """Seconds between saves of a bank's state: ``save_state_every_s``, on CUDA at least :data:`CUDA_MIN_SAVE_S`.
+    Why: the state is ~3x the weights of every run (GBs for a GPU bank) and the GPU idles while it is written."""
+    return max(save_state_every_s, CUDA_MIN_SAVE_S) if device.type == "cuda" else save_state_every_s
 
 
 class Bank:
@@ -88,15 +98,16 @@ class Bank:
         self.acc = make_accelerator(cfg.mixed_precision)
         self.device = device or self.acc.device
         self.template, self.configs, self.params = self._stack()
-        self.hf_model(self.template).set_attn_implementation("eager")
+        self.hf_model(self.template).set_attn_implementation("eager")  # a pooled classifier: its encoder too
         self.buffers = {k: v.to(self.device) for k, v in self.template.named_buffers()}
         n = len(members[0].train_set)
         self.steps_per_epoch = math.ceil(n / cfg.batch_size)
         self.total_steps = planned_steps(n, cfg.batch_size, cfg.epochs, 1)
-        groups = [{"params": [p for k, p in self.params.items() if decays(k, p.ndim - 1)],
-                   "weight_decay": cfg.weight_decay},
-                  {"params": [p for k, p in self.params.items() if not decays(k, p.ndim - 1)], "weight_decay": 0.0}]
-        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, fused=True)
+        head = {id(p) for p in head_parameters(self.hf_model(self.template))}
+        self.head_names = {k for k, p in self.template.named_parameters() if id(p) in head}
+        groups = adamw_groups(self.params, self.head_names, cfg.learning_rate,
+                              getattr(cfg, "head_learning_rate", None), cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=True)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg.warmup_ratio)
         multiple = cfg.pad_to_multiple_of
         self.collators = [Collator(m.train_set.pad_id, multiple, cfg.pad_to_length) for m in members]
@@ -145,9 +156,9 @@ class Bank:
         return sum(p[0].numel() for p in self.params.values())
 
     # -- one step
-    def _run_loss(self, params: dict, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
+    def _run_loss(self, params: dict, inputs: dict, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """One run's loss (vmapped over the runs)."""
-        logits = functional_call(self.template, (params, self.buffers), (), inputs).logits
+        logits, _ = classifier_output(self.template, params, self.buffers, inputs, mask)
         return weighted_cross_entropy(logits, labels)
 
     def _indices(self, r: int, step: int) -> list[int]:
@@ -186,7 +197,7 @@ class Bank:
 
     def losses(self, stacked: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each run's loss parts, [R] each, with ``total`` the one to minimise (stage 3: cross-entropy)."""
-        loss = self.forward(self.params, self.model_inputs(stacked), stacked["labels"])
+        loss = self.forward(self.params, self.model_inputs(stacked), stacked["labels"], stacked["attention_mask"])
         return {"cls": loss, "total": loss}
 
     def train_step(self) -> list[dict[str, float]]:
@@ -203,7 +214,8 @@ class Bank:
         torch.where(live, losses, torch.zeros_like(losses)).sum().backward()
         if self.diverged:  # a stopped run's gradients (maybe NaN) never reach its weights or AdamW moments
             for p in self.params.values():
-                p.grad.masked_fill_(~live.view(-1, *([1] * (p.ndim - 1))), 0.0)
+                if p.grad is not None:
+                    p.grad.masked_fill_(~live.view(-1, *([1] * (p.ndim - 1))), 0.0)
         lr = self.scheduler.get_last_lr()[0]
         norms = self.clip() if self.cfg.max_grad_norm > 0 else None
         self.optimizer.step()
@@ -220,8 +232,9 @@ class Bank:
 
     def clip(self) -> torch.Tensor:
         """Per-run ``clip_grad_norm_``: run r's gradients scaled by min(1, max_norm / (its norm + 1e-6)).
-        Returns the R norms."""
-        grads = [p.grad for p in self.params.values()]
+        Returns the R norms. A tensor the loss does not use (a pooled head's unused pooler) has no gradient and, as
+        alone, is left alone by AdamW."""
+        grads = [p.grad for p in self.params.values() if p.grad is not None]
         per_tensor = torch.stack([torch.linalg.vector_norm(g.reshape(self.size, -1), dim=1) for g in grads])
         norms = torch.linalg.vector_norm(per_tensor, dim=0)  # [R]
         coef = (self.cfg.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
@@ -288,7 +301,7 @@ class Bank:
     def eval_logits(self, model: nn.Module, params: dict, batch: dict) -> torch.Tensor:
         """Class logits [B, C] of one run (``params``) for an evaluation batch."""
         inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
-        return functional_call(model, (params, self.buffers), (), inputs).logits
+        return classifier_output(model, params, self.buffers, inputs, batch["attention_mask"])[0]
 
     @contextlib.contextmanager
     def as_run(self, r: int):
@@ -338,7 +351,7 @@ class Bank:
             append_metrics(member.run_dir, record)
         logger.info("bank of %d at step %d/%d: best dev %s", self.size, self.step, self.total_steps,
                     ", ".join(f"{m.best['accuracy']:.4f}" for m in self.members))
-        every = min(m.cfg.save_state_every_s for m in self.members)
+        every = save_interval(min(m.cfg.save_state_every_s for m in self.members), self.device)
         if self.state_dir is not None and time.monotonic() - self.state_saved_at >= every:
             self.save_state(elapsed_s)
             self.state_saved_at = time.monotonic()

@@ -26,7 +26,7 @@ ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_laye
                      "intermediate_size", "max_position_embeddings", "type_vocab_size", "hidden_dropout_prob",
                      "attention_probs_dropout_prob")
 CPU_MAX_PACK = 8  # on CPU packing measured slower than one run at a time (benchmarks/packed.py): a memory bound
-GPU_MAX_PACK = 64  # not measured yet (benchmarks/gpu_session.sh)
+GPU_MAX_PACK = 32  # not measured yet (benchmarks/gpu_session.sh); bounds a bank's saved state (~3x its weights)
 
 
 def model_config(source: str, trust_remote_code: bool = False):
@@ -36,8 +36,10 @@ def model_config(source: str, trust_remote_code: bool = False):
 
 
 def bank_key(cfg, num_train: int, num_labels: int, config) -> str:
-    """Runs with equal keys can share a bank: same step count, optimiser, padding and architecture."""
+    """Runs with equal keys can share a bank: same step count, optimiser, padding and architecture (the head's
+    pooling as resolved for the run's model: ``auto`` may mean mean for one model and pooler for another)."""
     shared = {k: v for k, v in cfg.to_dict().items() if k not in PER_RUN_SETTINGS}
+    shared["head_pooling"] = resolve_pooling(cfg.head_pooling, cfg.model)
     arch = {k: getattr(config, k, None) for k in ARCHITECTURE_KEYS}
     return json.dumps({"settings": shared, "architecture": arch, "num_train": num_train, "num_labels": num_labels},
                       sort_keys=True, default=str)
@@ -99,17 +101,11 @@ def plan_banks(keys: Sequence[str], capacities: dict[str, int]) -> list[list[int
 
 def unpackable(cfg) -> str | None:
     """Why a bank cannot train the run of ``cfg`` (a FinetuneConfig or MetaConfig) as the one-run path would, or
-    None: banks implement the architecture's own head (pooler) with a fresh or kept head at one learning rate,
-    in fp32 or bf16, eager, and stage 2's reference corruption and domain head."""
+    None: banks train every head (pooler / mean / cls; fresh, kept or probe-fitted; its own learning rate) and
+    every stage-2 loss, in fp32 or bf16, eager; not fp16 (its loss scale is one for all runs) or compiled."""
     reasons = {"mixed_precision fp16 (no loss scaling per run)": cfg.mixed_precision == "fp16",
-               "compile": cfg.compile, "head probe": cfg.head == "probe",
-               "head_learning_rate": cfg.head_learning_rate is not None,
-               "corruption uniform": getattr(cfg, "corruption", "permute") != "permute",
-               "no domain embedding": not getattr(cfg, "domain_embedding", True)}
-    reason = next((k for k, v in reasons.items() if v), None)
-    if reason is None and resolve_pooling(cfg.head_pooling, cfg.model) != "pooler":
-        reason = f"head_pooling {cfg.head_pooling}"
-    return reason
+               "compile": cfg.compile}
+    return next((k for k, v in reasons.items() if v), None)
 
 
 def resolve_pack(pack: int | None, device: torch.device | None = None) -> int | None:

@@ -4,7 +4,8 @@ Runs that can share a bank (see :func:`metaft.bank_plan.bank_key`) are trained t
 :class:`metaft.bank.Bank`, as many per bank as fit in memory or ``pack`` at most; a run that a bank cannot train
 as the one-run path would (:func:`metaft.bank_plan.unpackable`) takes the one-run path. Every run folder ends
 up as the one-run path (:func:`metaft.stages.finetune`) writes it: ``config.json``, ``inputs.json``,
-``metrics.jsonl``, ``best/`` (a standard HF folder) and ``results.json`` with the same keys, written last, so a
+``metrics.jsonl``, ``best/`` (the one-run path's folder: plain HF, or pooled with its code file) and
+``results.json`` with the same keys, written last, so a
 bank killed midway leaves no folder that looks finished.
 
 Timings: a banked run's ``timings.train_s`` (stage 2: ``wall_time_s``) is its share of its bank's training
@@ -40,7 +41,7 @@ from .errors import ConfigError
 from .evaluation import NonFiniteError
 from .features import EncodedDataset
 from .fileio import recover_folder
-from .heads import save_classifier
+from .heads import resolve_pooling, save_classifier
 from .hub import load_tokenizer, usable_max_length
 from .locking import run_lock
 from .modeling import load_classifier
@@ -50,6 +51,7 @@ from .runs import IGNORED_ON_RESUME, finish_run, open_run, start_run
 from .scoring import evaluate_checkpoint
 from .steps import derive_seed, seeded
 from .training import keep_freed_memory
+from .warmstart import probe_warm_start
 
 logger = logging.getLogger(__name__)
 
@@ -83,13 +85,17 @@ class PreparedRun:
         self.sets = {k: EncodedDataset(v, self.tokenizer, max_length, label_ids, None, None, cfg.use_cache)
                      for k, v in self.splits.items()}
         self.key = bank_key(cfg, len(self.sets["train"]), len(self.labels), self.config)
+        self.pooling, self.probe = resolve_pooling(cfg.head_pooling, cfg.model), None
         self.prepare_s = time.monotonic() - started
 
     def load_model(self):
         cfg = self.cfg
         with seeded(cfg.seed):  # as stages.finetune: the seeded head re-initialisation
-            return load_classifier(cfg.model, self.labels, head=cfg.head, dropout=cfg.dropout, seed=cfg.seed,
-                                   pooling="pooler", trust_remote_code=cfg.trust_remote_code)
+            model = load_classifier(cfg.model, self.labels, head=cfg.head, dropout=cfg.dropout, seed=cfg.seed,
+                                    pooling=self.pooling, trust_remote_code=cfg.trust_remote_code)
+        if cfg.head == "probe":  # as stages.warm_start: fitted on this run's own frozen features
+            self.probe = probe_warm_start(model, self.sets["train"], self.sets["dev"], cfg.eval_batch_size)
+        return model
 
     def save(self, model, folder: Path) -> None:
         save_classifier(model, folder)
@@ -118,7 +124,8 @@ class PreparedRun:
             num_examples={k: len(v) for k, v in self.splits.items()},
             timings={"train_s": round(share.train_s, 3), "eval_s": round(eval_s, 3),
                      "total_s": round(self.prepare_s + share.wall_s + eval_s, 3)},
-            resumed_from=share.resumed_from, dev_history=member.history, config=cfg.to_dict(), head_pooling="pooler")
+            resumed_from=share.resumed_from, dev_history=member.history, config=cfg.to_dict(), head_pooling=self.pooling,
+            head_probe=self.probe)
 
 
 def bank_identity(runs: Sequence) -> dict:

@@ -7,8 +7,11 @@ embedding); a run without a domain embedding (GRL) or without a domain head (no 
 parameters at zero and multiplies their contribution by 0, so it trains exactly what the one-run path trains:
 
     L_r = mean_i(w_ri * CE_i) + lambda_r * (c_r * L_corrupt + g_r * L_adversarial)
+    z_rl = W_r (h_l + e_r * E_r[d]) + b_r
 
-with w the typicality weights (or ones), c_r / g_r = 1 for a corrupt / GRL run, 0 otherwise; the domain
+with w the typicality weights (or ones), c_r / g_r = 1 for a corrupt / GRL run, 0 otherwise, e_r = 1 for a
+corrupt run with its domain embedding E_r (``domain_embedding`` on), 0 otherwise; each run's corrupted targets
+are drawn as alone (its ``corruption``, from its (seed, step) generator); the domain
 features of a GRL run pass a gradient reversal of -coefficient (``h.detach() + m * (h - h.detach())``: the
 value of h, gradient m), those of other runs m = 1. Each run's meta-learner folder is what
 :func:`metaft.stages.meta_finetune` writes (its own head kind, snapshot name and ``meta_results.json``).
@@ -21,12 +24,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 from .bank import Bank, Member
+from .bank_forward import classifier_output, within
 from .bank_plan import bank_key, model_config
 from .config import MetaConfig
 from .features import MODEL_INPUT_KEYS, EncodedDataset
+from .heads import resolve_pooling
 from .hub import load_tokenizer, usable_max_length
 from .losses import corrupted_domain_targets, grl_coefficient, weighted_cross_entropy
 from .modeling import DomainHead, MetaLearner, default_domain_layers
@@ -35,9 +40,10 @@ from .prepared import label_set, read_split, task_name_for
 from .results import META_RESULTS, SNAPSHOT_PREFIX, MetaResult, read_meta_result
 from .steps import seeded, step_generator
 from .typicality import typicality_weights
+from .warmstart import probe_warm_start
 
 CLS = "classifier."
-META_PER_RUN = ("domain_loss", "domain_weight", "typicality", "typicality_norm")
+META_PER_RUN = ("domain_loss", "domain_weight", "typicality", "typicality_norm", "corruption", "domain_embedding")
 
 
 class MetaBank(Bank):
@@ -45,13 +51,14 @@ class MetaBank(Bank):
 
     def __init__(self, members: list[Member], device: torch.device | None = None, **state):
         super().__init__(members, device, **state)
-        self.cls_buffers = {k[len(CLS):]: v for k, v in self.buffers.items() if k.startswith(CLS)}
+        self.cls_buffers = within(self.buffers, CLS)
         kinds = [m.cfg.domain_loss for m in members]
         as_tensor = lambda values, dtype=torch.float32: torch.tensor(values, dtype=dtype, device=self.device)  # noqa: E731
         self.coeffs = {"use_weights": as_tensor([m.cfg.typicality for m in members], torch.bool),
                        "lam": as_tensor([m.cfg.domain_weight for m in members]),
                        "corrupt": as_tensor([k == "corrupt" for k in kinds]),
-                       "grl": as_tensor([k == "grl" for k in kinds])}
+                       "grl": as_tensor([k == "grl" for k in kinds]),
+                       "embed": as_tensor([k == "corrupt" and m.cfg.domain_embedding for k, m in zip(kinds, members)])}
         self.meta_forward = vmap(self._meta_loss, randomness="different")
 
     def make_template(self, model: MetaLearner) -> MetaLearner:
@@ -67,17 +74,16 @@ class MetaBank(Bank):
 
     def _meta_loss(self, params: dict, inputs: dict, extra: dict) -> tuple[torch.Tensor, ...]:
         """One run's (cls, domain, total) losses (vmapped over the runs)."""
-        cls_params = {k[len(CLS):]: v for k, v in params.items() if k.startswith(CLS)}
-        out = functional_call(self.template.classifier, (cls_params, self.cls_buffers), (),
-                              {**inputs, "output_hidden_states": True})
+        class_logits, hidden_states = classifier_output(self.template.classifier, within(params, CLS),
+                                                        self.cls_buffers, inputs, extra["mask"], hidden_states=True)
         weights = torch.where(extra["use_weights"], extra["weights"], torch.ones_like(extra["weights"]))
-        cls = weighted_cross_entropy(out.logits, extra["labels"], weights)
+        cls = weighted_cross_entropy(class_logits, extra["labels"], weights)
         emb = F.embedding(extra["domains"], params["domain_head.embedding.weight"])
         logits = []
         for layer in self.layers:
-            h = masked_mean(out.hidden_states[layer + 1], extra["mask"])
+            h = masked_mean(hidden_states[layer + 1], extra["mask"])
             h = h.detach() + extra["reverse"] * (h - h.detach())  # value h; gradient x reverse
-            h = h + extra["corrupt"] * emb
+            h = h + extra["embed"] * emb
             logits.append(F.linear(h, params["domain_head.classifier.weight"], params["domain_head.classifier.bias"]))
         flat = torch.stack(logits).float().reshape(-1, len(self.domains))  # [L * B, K]
         corrupt = F.cross_entropy(flat, extra["targets"].reshape(-1))
@@ -89,7 +95,7 @@ class MetaBank(Bank):
         coeff = grl_coefficient(self.step / self.total_steps)
         targets = torch.stack([
             corrupted_domain_targets(stacked["domains"][r].cpu(), len(self.layers),
-                                     step_generator(m.cfg.seed, self.step))
+                                     step_generator(m.cfg.seed, self.step), m.cfg.corruption, len(self.domains))
             if m.cfg.domain_loss == "corrupt" else torch.zeros(len(self.layers), stacked["domains"].shape[1],
                                                                 dtype=torch.long)
             for r, m in enumerate(self.members)]).to(self.device)
@@ -100,18 +106,18 @@ class MetaBank(Bank):
         return {"cls": cls, "domain": domain, "total": total}
 
     def eval_logits(self, model: MetaLearner, params: dict, batch: dict) -> torch.Tensor:
-        cls_params = {k[len(CLS):]: v for k, v in params.items() if k.startswith(CLS)}
         inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
-        return functional_call(model.classifier, (cls_params, self.cls_buffers), (), inputs).logits
+        return classifier_output(model.classifier, within(params, CLS), self.cls_buffers, inputs,
+                                 batch["attention_mask"])[0]
 
     def save(self, r: int, folder: Path) -> None:
-        """Run r's meta-learner with its own head kind: none, GRL (no embedding) or corrupt."""
-        kind = self.members[r].cfg.domain_loss
+        """Run r's meta-learner with its own head kind: none, GRL (no embedding) or corrupt (with or without)."""
+        kind, embedding = self.members[r].cfg.domain_loss, self.members[r].cfg.domain_embedding
         with self.as_run(r) as template:
             head = None
             if kind != "none":
                 head = DomainHead(len(self.domains), template.classifier.config.hidden_size, self.layers,
-                                  use_embedding=kind == "corrupt")
+                                  use_embedding=kind == "corrupt" and embedding)
                 own = head.state_dict()
                 head.load_state_dict({k: v for k, v in template.domain_head.state_dict().items() if k in own})
             corruption = self.members[r].cfg.corruption if kind == "corrupt" else None  # recorded like a lone run
@@ -143,6 +149,7 @@ class PreparedMetaRun:
         self.dev_set = EncodedDataset(self.dev_ex, self.tokenizer, max_length, label_ids, domain_ids, None,
                                       cfg.use_cache)
         self.task = cfg.task_name or task_name_for(self.data_dir)
+        self.pooling, self.probe = resolve_pooling(cfg.head_pooling, cfg.model), None
         shared = cfg.replace(**{k: getattr(MetaConfig, k) for k in META_PER_RUN})
         self.key = bank_key(shared, len(self.train_set), len(self.labels), self.config) + str(len(self.domains))
         self.prepare_s = time.monotonic() - started
@@ -150,9 +157,13 @@ class PreparedMetaRun:
     def load_model(self) -> MetaLearner:
         cfg = self.cfg
         with seeded(cfg.seed):  # as stages.meta_finetune
-            return MetaLearner.build(cfg.model, self.labels, self.domains, domain_loss=cfg.domain_loss,
-                                     domain_layers=cfg.domain_layers, dropout=cfg.dropout,
-                                     trust_remote_code=cfg.trust_remote_code)
+            model = MetaLearner.build(cfg.model, self.labels, self.domains, domain_loss=cfg.domain_loss,
+                                      domain_layers=cfg.domain_layers, dropout=cfg.dropout, pooling=self.pooling,
+                                      trust_remote_code=cfg.trust_remote_code,
+                                      domain_embedding=cfg.domain_embedding, corruption=cfg.corruption)
+        if cfg.head == "probe":  # as stages.warm_start
+            self.probe = probe_warm_start(model.classifier, self.train_set, self.dev_set, cfg.eval_batch_size)
+        return model
 
     def member(self) -> Member:
         return Member(self.cfg, self.run_dir, self.train_set, self.dev_set, self.labels, self.load_model,
@@ -172,4 +183,5 @@ class PreparedMetaRun:
             total_steps=total_steps, best_model=str(best_dir), best_model_name=best_dir.name,
             wall_time_s=round(share.train_s, 3), resumed_from=share.resumed_from, labels=self.labels,
             domains=self.domains, num_examples={"train": len(self.train_ex), "dev": len(self.dev_ex)},
-            model=cfg.model, seed=cfg.seed, dev_history=member.history, config=cfg.to_dict(), head_pooling="pooler")
+            model=cfg.model, seed=cfg.seed, dev_history=member.history, config=cfg.to_dict(),
+            head_pooling=self.pooling, head_probe=self.probe)

@@ -1,0 +1,59 @@
+"""How a bank runs and optimises its template module: the functional forward of a sequence classifier under
+``vmap`` (the architecture's own head or a pooled one) and the stacked AdamW's parameter groups.
+
+Inside a bank the encoder gets a ready-made additive attention mask (see :mod:`metaft.bank`), which a pooled
+classifier (:class:`metaft.modeling_metaft_pooled.MetaftPooledForSequenceClassification`) cannot pool with; so
+for such a template the encoder runs on its own and the pooled head (the module's own ``pool``, dropout and
+linear layer) is applied on the padding mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from .modeling_metaft_pooled import MetaftPooledForSequenceClassification
+
+ENCODER = "encoder."
+
+
+def within(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``tensors`` under ``prefix``, named relative to it."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def classifier_output(model: nn.Module, params: dict, buffers: dict, inputs: dict, mask: torch.Tensor,
+                      hidden_states: bool = False) -> tuple[torch.Tensor, tuple | None]:
+    """Class logits [B, C] (and the encoder's hidden states when asked) of the sequence classifier ``model`` run
+    on ``params`` / ``buffers``. ``inputs``: the encoder's inputs (its attention mask as the bank passes it);
+    ``mask``: the padding mask [B, T] (1 = token), which a pooled head averages over."""
+    if not isinstance(model, MetaftPooledForSequenceClassification):
+        out = functional_call(model, (params, buffers), (), {**inputs, "output_hidden_states": hidden_states})
+        return out.logits, out.hidden_states
+    out = functional_call(model.encoder, (within(params, ENCODER), within(buffers, ENCODER)), (),
+                          {**inputs, "output_hidden_states": hidden_states, "return_dict": True})
+    features = model.dropout(model.pool(out.last_hidden_state, mask))
+    return F.linear(features, params["classifier.weight"], params["classifier.bias"]), out.hidden_states
+
+
+def adamw_groups(params: dict[str, torch.Tensor], head: Collection[str], learning_rate: float,
+                 head_learning_rate: float | None, weight_decay: float) -> list[dict]:
+    """:func:`metaft.training.build_optimizer`'s groups for stacked [R, ...] tensors: weight decay on matrices and
+    embeddings, not on biases or LayerNorm; the tensors named in ``head`` at ``head_learning_rate`` (default:
+    ``learning_rate``)."""
+    head_lr = learning_rate if head_learning_rate is None else head_learning_rate
+    groups: dict[tuple[float, float], list] = {(wd, lr): [] for wd in (weight_decay, 0.0)
+                                               for lr in (learning_rate, head_lr)}
+    for name, p in params.items():
+        wd = weight_decay if decays(name, p.ndim - 1) else 0.0
+        groups[(wd, head_lr if name in head else learning_rate)].append(p)
+    return [{"params": ps, "weight_decay": wd, "lr": lr} for (wd, lr), ps in groups.items() if ps]
+
+
+def decays(name: str, per_run_ndim: int) -> bool:
+    """build_optimizer's rule: weight decay on matrices and embeddings, not on biases or LayerNorm."""
+    return per_run_ndim >= 2 and "norm" not in name.lower()
