@@ -202,3 +202,23 @@ def test_uniform_corruption_and_no_embedding_runs_in_a_bank_follow_their_lone_ru
     meta = json.loads((banked[0] / "metaft_meta.json").read_text())
     assert meta["corruption"] == "uniform" and meta["domain_embedding"] is True
     assert_distinct(curves)
+
+
+def test_stage_3_from_pooled_meta_learners_in_a_bank_follows_its_lone_runs(stage2, tmp_path):
+    """Each run from its own pooled meta-learner (auto -> mean, the folder's own), its head kept, refitted or new."""
+    _, _, meta = stage2
+    tasks = [write_task(tmp_path / f"t{i}", seed=5 * i + 2) for i in range(4)]
+    heads = ("keep", "probe", "keep", "reinit")
+
+    def cfgs(tag: str) -> list[FinetuneConfig]:
+        return [ft_config(tasks[i], meta[i], tmp_path / f"{tag}{i}", head_pooling="auto", head=h, seed=i + 1,
+                          **COMMON) for i, h in enumerate(heads)]
+
+    lone = [finetune(cfg) for cfg in cfgs("lone")]
+    banked = finetune_packed(cfgs("bank"), pack=4)
+    curves = []
+    for i, head in enumerate(heads):
+        curves.append(assert_follows(tmp_path / f"lone{i}", tmp_path / f"bank{i}"))
+        assert banked[i].best_step == lone[i].best_step and banked[i].head_pooling == "mean"
+        assert min(rows(tmp_path / f"bank{i}", "dev")) == (6 if head == "reinit" else 0)
+    assert_distinct(curves)
