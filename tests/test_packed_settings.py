@@ -128,6 +128,37 @@ def test_the_bank_optimiser_trains_the_head_at_its_own_rate(stage3, models):
     assert len(by_lr[cfgs[0].learning_rate]) == len(bank.params) - 2
 
 
+def test_an_interrupted_pooled_bank_with_a_head_rate_resumes_to_the_uninterrupted_results(stage3, models, tmp_path,
+                                                                                         monkeypatch):
+    """A bank state holds the head's own AdamW groups and a pooled model's pooler, which gets no gradient."""
+    from helpers import comparable, metrics_without_time, same_weights
+
+    _, tasks, _, _ = stage3
+    short = {**COMMON, "epochs": 5, "eval_every": 4, "dropout": 0.1}  # 30 steps; head dropout: the RNG resumes too
+    cfgs = [ft_config(tasks[i], models["plain"], tmp_path / f"r{i}", **{**short, **RUNS[i]}) for i in range(3)]
+    real = Bank.train_step
+
+    def killed_at_10(self):
+        if self.step == 10:
+            raise KeyboardInterrupt("killed")
+        return real(self)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(Bank, "train_step", killed_at_10)
+        with pytest.raises(KeyboardInterrupt):
+            finetune_packed(cfgs, pack=3)
+    resumed = finetune_packed([c.replace(resume=True) for c in cfgs], pack=3)
+    assert [r.resumed_from for r in resumed] == [8, 8, 8]
+    kept = [(metrics_without_time(tmp_path / f"r{i}"), tmp_path / f"r{i}" / "best") for i in range(3)]
+    for i, (_, best) in enumerate(kept):
+        best.rename(tmp_path / f"kept{i}")
+    fresh = finetune_packed([c.replace(force=True) for c in cfgs], pack=3)
+    for i in range(3):
+        assert comparable(resumed[i]) == comparable(fresh[i])
+        assert kept[i][0] == metrics_without_time(tmp_path / f"r{i}")
+        assert same_weights(tmp_path / f"kept{i}", tmp_path / f"r{i}" / "best")
+
+
 def test_auto_pooling_shares_the_bank_of_the_pooling_it_resolves_to(models, tmp_path):
     task = write_task(tmp_path / "t")
     auto = ft_config(task, models["cls"], tmp_path / "a", head_pooling="auto")
