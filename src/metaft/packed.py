@@ -5,8 +5,7 @@ Runs that can share a bank (see :func:`metaft.bank_plan.bank_key`) are trained t
 as the one-run path would (:func:`metaft.bank_plan.unpackable`) takes the one-run path. Every run folder ends
 up as the one-run path (:func:`metaft.stages.finetune`) writes it: ``config.json``, ``inputs.json``,
 ``metrics.jsonl``, ``best/`` (the one-run path's folder: plain HF, or pooled with its code file) and
-``results.json`` with the same keys, written last, so a
-bank killed midway leaves no folder that looks finished.
+``results.json`` with the same keys, written last, so a bank killed midway leaves no folder that looks finished.
 
 Timings: a banked run's ``timings.train_s`` (stage 2: ``wall_time_s``) is its share of its bank's training
 time (the bank's time / its runs), ``total_s`` adds its own data preparation, its share of building the bank
@@ -124,8 +123,8 @@ class PreparedRun:
             num_examples={k: len(v) for k, v in self.splits.items()},
             timings={"train_s": round(share.train_s, 3), "eval_s": round(eval_s, 3),
                      "total_s": round(self.prepare_s + share.wall_s + eval_s, 3)},
-            resumed_from=share.resumed_from, dev_history=member.history, config=cfg.to_dict(), head_pooling=self.pooling,
-            head_probe=self.probe)
+            resumed_from=share.resumed_from, dev_history=member.history, config=cfg.to_dict(),
+            head_pooling=self.pooling, head_probe=self.probe)
 
 
 def bank_identity(runs: Sequence) -> dict:

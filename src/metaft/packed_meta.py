@@ -3,17 +3,18 @@ that :func:`metaft.packed.run_packed` trains.
 
 All variants of the meta stage share one bank: the loss terms are per-run coefficients. Every run's stacked
 parameters hold the union of the variants' modules (the classifier plus a domain head with a domain
-embedding); a run without a domain embedding (GRL) or without a domain head (no domain loss) keeps those
-parameters at zero and multiplies their contribution by 0, so it trains exactly what the one-run path trains:
+embedding); a run without a domain embedding (GRL, or domain_embedding off) or without a domain head (no
+domain loss) keeps those parameters at zero and multiplies their contribution by 0, so it trains exactly what
+the one-run path trains:
 
     L_r = mean_i(w_ri * CE_i) + lambda_r * (c_r * L_corrupt + g_r * L_adversarial)
     z_rl = W_r (h_l + e_r * E_r[d]) + b_r
 
 with w the typicality weights (or ones), c_r / g_r = 1 for a corrupt / GRL run, 0 otherwise, e_r = 1 for a
 corrupt run with its domain embedding E_r (``domain_embedding`` on), 0 otherwise; each run's corrupted targets
-are drawn as alone (its ``corruption``, from its (seed, step) generator); the domain
-features of a GRL run pass a gradient reversal of -coefficient (``h.detach() + m * (h - h.detach())``: the
-value of h, gradient m), those of other runs m = 1. Each run's meta-learner folder is what
+are drawn as alone (its ``corruption``, from its (seed, step) generator); the domain features of a GRL run
+pass a gradient reversal of -coefficient (``h.detach() + m * (h - h.detach())``: the value of h, gradient m),
+those of other runs m = 1. Each run's meta-learner folder is what
 :func:`metaft.stages.meta_finetune` writes (its own head kind, snapshot name and ``meta_results.json``).
 """
 
