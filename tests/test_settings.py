@@ -20,12 +20,15 @@ from metaft.config import (
     StudyConfig,
     TypicalityConfig,
     config_from_file,
+    reference_behaviour,
     study_config_from,
 )
 from metaft.errors import ConfigError
 from metaft.settings import from_args, parse_text
 
 ROOT = Path(__file__).parents[1]
+REFERENCE = {"head_pooling": "pooler", "head": "reinit"}  # the reference system's head, spelled out
+REFERENCE_FLAGS = ["--head-pooling", "pooler", "--head", "reinit"]
 
 
 def parse(*argv: str):
@@ -251,7 +254,12 @@ def old_study(tmp_path) -> Path:
 def test_a_study_folder_of_the_previous_version_resumes_with_the_same_settings(old_study):
     from metaft.study import check_same_study
 
-    cfg = study_config_from(config_from_file(ROOT / "benchmarks" / "configs" / "g1.yaml"), {"out": str(old_study)})
+    new = study_config_from(config_from_file(ROOT / "benchmarks" / "configs" / "g1.yaml"), {"out": str(old_study)})
+    # its config.json predates the head settings: it ran the reference head, which today's defaults are not
+    with pytest.raises(ConfigError, match=r"finetune.head: 'reinit' -> 'probe', finetune.head_pooling: 'pooler' "
+                                          r"-> 'auto', meta.head_pooling: 'pooler' -> 'auto'\)"):
+        check_same_study(old_study, new)
+    cfg = reference_behaviour(new)
     check_same_study(old_study, cfg)  # no error: same study
     check_same_study(old_study, cfg.replace(seeds=(42,), jobs=2))  # seeds and jobs may change
     with pytest.raises(ConfigError, match=r"other settings \(finetune.learning_rate: 1e-05 -> 0.0003\)"):
@@ -275,6 +283,38 @@ def test_changed_from_names_nested_settings_and_counts_missing_ones_as_defaults(
     assert cfg.changed_from(saved) == {}
     saved["typicality"]["alpha"] = 0.25
     assert cfg.changed_from(saved) == {"typicality.alpha": (0.25, 0.5)}
+
+
+def test_the_heads_default_to_the_pooled_probe_and_the_reference_head_is_one_mapping_away():
+    from metaft.config import REFERENCE_BEHAVIOUR
+
+    ft, meta = FinetuneConfig(), MetaConfig()
+    assert (ft.head_pooling, ft.head, meta.head_pooling, meta.head) == ("auto", "probe", "auto", "reinit")
+    ref = reference_behaviour(ft)
+    assert {k: getattr(ref, k) for k in REFERENCE_BEHAVIOUR} == {"head_pooling": "pooler", "head": "reinit"}
+    study = reference_behaviour(StudyConfig())
+    assert (study.meta.head_pooling, study.meta.head, study.finetune.head_pooling, study.finetune.head) == (
+        "pooler", "reinit", "pooler", "reinit")
+    assert study.finetune.epochs == 64  # the rest of the section is kept
+    for command, cls in (("finetune", FinetuneConfig), ("meta-finetune", MetaConfig)):
+        args = build_parser().parse_args([command, "--data-dir", "d", *REFERENCE_FLAGS])
+        assert {k: getattr(make_config(args, cls, command), k) for k in REFERENCE} == REFERENCE
+
+
+@pytest.mark.parametrize("cls", [FinetuneConfig, MetaConfig])
+@pytest.mark.parametrize("lacks", [(), ("head_pooling", "head")])
+def test_a_run_saved_before_the_new_head_defaults_resumes_only_with_the_reference_head(tmp_path, cls, lacks):
+    from metaft.runs import CONFIG_FILE, check_same_config
+
+    saved = reference_behaviour(cls(out=str(tmp_path))).to_dict()  # a run folder of the previous version
+    for name in lacks:  # or of a version before the setting existed: the reference head, not today's default
+        del saved[name]
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(saved))
+    check_same_config(tmp_path, reference_behaviour(cls(out=str(tmp_path), resume=True)))  # resumes
+    changed = "head: 'reinit' -> 'probe', head_pooling: 'pooler' -> 'auto'" if cls is FinetuneConfig else (
+        "head_pooling: 'pooler' -> 'auto'")
+    with pytest.raises(ConfigError, match=f"cannot resume with different settings \\({changed}\\)"):
+        check_same_config(tmp_path, cls(out=str(tmp_path), resume=True))
 
 
 def test_key_value_text_is_read_by_the_settings_type():

@@ -9,16 +9,15 @@ declarations into validation, config-file loading, ``KEY=VALUE`` overrides and c
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from .errors import ConfigError
-from .fileio import write_json
+from .fileio import load_config_file, write_json
 from .hub import DEFAULT_MODEL
 from .pooling import POOLINGS
-from .settings import Settings, field_map, on_off, parse_k, parse_pack, setting
+from .settings import Settings, field_map, parse_k, parse_pack, setting
 
 STANDARD_SEEDS = (13, 21, 42, 87, 100)
 MAX_SEED = 2**32 - 1
@@ -51,6 +50,9 @@ Ablation = Literal[ABLATIONS]  # noqa: F821 - the names of VARIANTS, not spelled
 # are the stages' own defaults.
 SEED_RECIPE_META = {"epochs": 63, "batch_size": 4, "eval_every": 100}
 SEED_RECIPE_FINETUNE = {"epochs": 64, "batch_size": 2, "eval_every": 50}
+# The reference system's classification head, where metaft's defaults (chosen on dev sets) differ: pass these
+# settings (`--head-pooling pooler --head reinit`) to stages 2 and 3 to run the reference behaviour.
+REFERENCE_BEHAVIOUR: dict[str, Any] = {"head_pooling": "pooler", "head": "reinit"}
 
 
 def _ablations(value: Any) -> Any:
@@ -62,6 +64,11 @@ def _ablations(value: Any) -> Any:
         if bad := [a for a in names if a not in ABLATIONS]:
             raise ConfigError(f"unknown ablation(s) {bad}; choose from {', '.join(ABLATIONS)} (or all)")
     return names
+
+
+def _on_off(value: Any) -> Any:
+    """``on`` / ``off`` (the words of the issue and the guide) for a boolean setting."""
+    return {"on": True, "off": False}.get(value, value) if isinstance(value, str) else value
 
 
 def redefault(cls: type, name: str, default: Any, **changes: Any) -> Any:
@@ -174,8 +181,8 @@ class TrainSettings(EncoderSettings):
     """Settings shared by stage 2 (meta fine-tuning) and stage 3 (per-domain fine-tuning)."""
 
     MANAGED: ClassVar[dict[str, str]] = _STUDY_MANAGED
-    # what a run saved before a setting existed did: a changed default must not pass for the old behaviour
-    BEFORE_SETTING: ClassVar[dict[str, Any]] = {"head_pooling": "pooler"}
+    # what a run saved before a setting existed did (the reference head): a new default is no old behaviour
+    BEFORE_SETTING: ClassVar[dict[str, Any]] = REFERENCE_BEHAVIOUR
 
     epochs: float = setting(3.0, gt=0, flags=("--epochs", "--num_epochs"), help="epochs, may be fractional")
     batch_size: int = setting(8, gt=0, flags=("--batch-size", "--batch_size_per_device"),
@@ -208,10 +215,11 @@ class TrainSettings(EncoderSettings):
                                         help="torch.compile the model for training; MODE: reduce-overhead (CUDA "
                                              "graphs) pairs with --pad-to-multiple-of 32 so batches come in a few "
                                              "fixed widths")
-    head_pooling: HeadPooling = setting("pooler", help="classification head: auto = the sentence pooling the "
+    head_pooling: HeadPooling = setting("auto", help="classification head: auto = the sentence pooling the "
                                         "checkpoint declares (a sentence-transformers folder's 1_Pooling), else "
                                         "pooler; mean / cls = masked token mean / first token -> linear; pooler = "
-                                        "the architecture's own HF head (BERT: [CLS] -> pooler -> linear)")
+                                        "the architecture's own HF head (BERT: [CLS] -> pooler -> linear), the "
+                                        "reference system's")
     head: MetaHead = setting("reinit", flags=("--head", "--head-init"), help="reinit = a new seeded head; probe = "
                              "a new head first fitted by logistic regression on the frozen features, C chosen on "
                              "dev, then everything fine-tuned (LP-FT)")
@@ -255,7 +263,7 @@ class MetaSettings(TrainSettings):
     corruption: Corruption = setting("permute", help="corrupted domain labels: permute = the reference code's "
                                      "in-batch permutation (at small batches it often keeps the true domain), "
                                      "uniform = drawn independently of the true domain, uniformly over the group's")
-    domain_embedding: bool = setting(True, parse=on_off, flags=("--no-domain-embedding",),
+    domain_embedding: bool = setting(True, parse=_on_off, flags=("--no-domain-embedding",),
                                      help="leave out the domain head's true-domain embedding (on by default, the "
                                           "reference head: it lets the head fit the target without the encoder); "
                                           "in files and --meta: domain_embedding=on|off")
@@ -280,9 +288,9 @@ class FinetuneSettings(TrainSettings):
     """Stage 3 settings: fine-tuning on one domain."""
 
     learning_rate: float = redefault(TrainSettings, "learning_rate", 1e-5)
-    head: Head = setting("reinit", flags=("--head", "--head-init"), help="reinit = a new seeded head; probe = a "
-                         "new head first fitted by logistic regression on the frozen features, C chosen on dev, "
-                         "then everything fine-tuned (LP-FT); keep = the meta-learner's head")
+    head: Head = setting("probe", flags=("--head", "--head-init"), help="probe = a new head first fitted by logistic "
+                         "regression on the frozen features, C chosen on dev, then everything fine-tuned (LP-FT); "
+                         "reinit = a new seeded head (the reference system's); keep = the meta-learner's head")
 
 
 @dataclass(frozen=True)
@@ -355,6 +363,14 @@ class StudyConfig(Saved):
         return super().from_dict(data, prefix)
 
 
+def reference_behaviour(settings: Any) -> Any:
+    """``settings`` (a stage's, or a study's: its meta and finetune sections) with :data:`REFERENCE_BEHAVIOUR`."""
+    if isinstance(settings, StudyConfig):
+        return settings.replace(meta=reference_behaviour(settings.meta),
+                                finetune=reference_behaviour(settings.finetune))
+    return settings.replace(**REFERENCE_BEHAVIOUR)
+
+
 def study_config_from(file_settings: StudyConfig | dict[str, Any] | None, overrides: dict[str, Any]) -> StudyConfig:
     """Merge a config file's settings with CLI overrides (CLI wins); sections merge key by key over the file's,
     and the file's over the study's defaults."""
@@ -364,29 +380,6 @@ def study_config_from(file_settings: StudyConfig | dict[str, Any] | None, overri
     for key, value in overrides.items():
         merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
     return StudyConfig.from_dict(merged)
-
-
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON settings file into a dict."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as exc:  # noqa: BLE001 - parser errors vary; report them as one line
-        raise ConfigError(f"{path}: cannot parse config ({' '.join(str(exc).split())})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config file must hold a mapping of settings")
-    return data
 
 
 def config_from_file(path: str | Path) -> StudyConfig:

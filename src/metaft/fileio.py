@@ -2,7 +2,8 @@
 
 Every file writer goes through :func:`atomic_path`: write a hidden temporary file beside the target, then
 rename it over the target (readers see the old file or the new one). Checkpoint *folders* are swapped by
-:func:`save_atomic` and repaired by :func:`recover_folder`. :func:`sha256_file` fingerprints inputs.
+:func:`save_atomic` and repaired by :func:`recover_folder`. :func:`sha256_file` fingerprints inputs;
+:func:`load_config_file` reads a YAML / JSON settings file.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputError, writing
+from .errors import ConfigError, OutputError, writing
 
 
 @contextlib.contextmanager
@@ -112,3 +113,26 @@ def read_json(path: str | Path) -> dict | None:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON settings file into a dict."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # noqa: BLE001 - parser errors vary; report them as one line
+        raise ConfigError(f"{path}: cannot parse config ({' '.join(str(exc).split())})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping of settings")
+    return data

@@ -229,16 +229,21 @@ class Settings:
 
     def changed_from(self, saved: dict[str, Any], ignored: Collection[str] = ()) -> dict[str, tuple[Any, Any]]:
         """Settings that differ from a saved ``config.json``: {dotted name: (saved, now)}. A setting the saved
-        file lacks (written by a metaft that did not have it yet) counts as its default, so older runs resume, or as
-        what metaft did before it existed where the class says so (``BEFORE_SETTING``)."""
-        defaults = _flat(json.loads(json.dumps({**type(self).defaults(), **getattr(self, "BEFORE_SETTING", {})})))
+        file lacks (from a metaft without it) counts as in :meth:`from_saved`, else as its default."""
+        defaults = _flat(json.loads(json.dumps(type(self).defaults())))
         now = _flat(json.loads(json.dumps(self.to_dict())))
-        old = {**defaults, **_flat(saved)}
+        old = {**defaults, **_flat(json.loads(json.dumps(_before(type(self), saved))))}
         changed = {}
         for k in sorted(set(old) | set(now)):
             if k.split(".")[0] not in ignored and k not in ignored and old.get(k) != now.get(k):
                 changed[k] = (old.get(k), now.get(k))
         return changed
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]):
+        """A saved ``config.json`` read as what its run did: :meth:`from_dict`, a setting it lacks counting as
+        ``BEFORE_SETTING`` where the class (or a section's class) says so."""
+        return cls.from_dict(_before(cls, data))
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -257,6 +262,18 @@ class Settings:
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
+
+
+def _before(cls: type, data: Any) -> Any:
+    """``data`` with the ``BEFORE_SETTING`` values of ``cls`` (and of its sections) for settings it lacks."""
+    if not isinstance(data, dict):  # from_dict names the error
+        return data
+    out = {**getattr(cls, "BEFORE_SETTING", {}), **data}
+    for name in field_map(cls):
+        section = default_of(cls, name)
+        if isinstance(section, Settings) and getattr(section, "BEFORE_SETTING", None):
+            out[name] = _before(type(section), data.get(name, {}))
+    return out
 
 
 def _merged(cls: type, name: str, value: Any) -> Any:
@@ -358,32 +375,24 @@ def from_args(cls: type, args: argparse.Namespace, **values: Any):
 
 # ------------------------------------------------------------------------------- value parsers of settings
 
-def parse_k(value: Any) -> int | None:
-    """K, examples per label and domain: a positive integer, or None / "full" for the whole pool."""
-    if value is None or (isinstance(value, str) and value.strip().lower() == "full"):
+def _positive_or(value: Any, word: str, name: str) -> int | None:
+    """A positive integer, or None for ``word`` (or None)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == word):
         return None
     try:
-        k = int(value)
+        number = int(value)
     except (TypeError, ValueError, OverflowError):
-        k = 0
-    if isinstance(value, bool) or k <= 0 or str(k) != str(value).strip():
-        raise ConfigError(f"k must be a positive integer or 'full', got {value!r}")
-    return k
+        number = 0
+    if isinstance(value, bool) or number <= 0 or str(number) != str(value).strip():
+        raise ConfigError(f"{name} must be a positive integer or '{word}', got {value!r}")
+    return number
+
+
+def parse_k(value: Any) -> int | None:
+    """K, examples per label and domain: a positive integer, or None / "full" for the whole pool."""
+    return _positive_or(value, "full", "k")
 
 
 def parse_pack(value: Any) -> int | None:
     """A study's ``pack``: a positive integer, or None / "auto" for the automatic choice."""
-    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
-        return None
-    try:
-        pack = int(value)
-    except (TypeError, ValueError, OverflowError):
-        pack = 0
-    if isinstance(value, bool) or pack <= 0 or str(pack) != str(value).strip():
-        raise ConfigError(f"pack must be a positive integer or 'auto', got {value!r}")
-    return pack
-
-
-def on_off(value: Any) -> Any:
-    """``on`` / ``off`` (the words of the issue and the guide) for a boolean setting."""
-    return {"on": True, "off": False}.get(value, value) if isinstance(value, str) else value
+    return _positive_or(value, "auto", "pack")

@@ -126,7 +126,7 @@ def check_same_study(run: Path, cfg: StudyConfig) -> None:
     if saved is None or cfg.force:
         return
     try:
-        saved = StudyConfig.from_dict(saved).to_dict()  # also the flat layout of earlier versions
+        saved = StudyConfig.from_saved(saved).to_dict()  # also the flat layout of earlier versions
     except ConfigError as exc:
         raise ConfigError(f"{run / 'config.json'}: the saved settings of this study are not valid ({exc}); pass "
                           "--force to redo the study, or choose another folder") from None
