@@ -120,7 +120,8 @@ def test_probe_warm_start_is_a_candidate_at_step_0(tiny_model_dir, single, tmp_p
     assert r.best_step == 0 and r.best_dev_accuracy == first["dev_accuracy"]
     assert r.test_accuracy > 0.5 and r.head_pooling == "mean"
     # a fresh random head is no candidate: a dev tie would keep an untrained classifier
-    fresh = finetune(ft_config(single, tiny_model_dir, tmp_path / "reinit", head_pooling="mean", epochs=0.1))
+    fresh = finetune(ft_config(single, tiny_model_dir, tmp_path / "reinit", head_pooling="mean", head="reinit",
+                                 epochs=0.1))
     assert fresh.dev_history[0]["step"] > 0 and fresh.best_step > 0
 
 

@@ -285,7 +285,7 @@ def test_changed_from_names_nested_settings_and_counts_missing_ones_as_defaults(
     assert cfg.changed_from(saved) == {"typicality.alpha": (0.25, 0.5)}
 
 
-def test_the_heads_default_to_the_pooled_probe_and_the_reference_head_is_one_mapping_away():
+def test_the_heads_default_to_the_pooled_probe_and_the_reference_head_is_one_mapping_away(capsys):
     from metaft.config import REFERENCE_BEHAVIOUR
 
     ft, meta = FinetuneConfig(), MetaConfig()
@@ -299,6 +299,10 @@ def test_the_heads_default_to_the_pooled_probe_and_the_reference_head_is_one_map
     for command, cls in (("finetune", FinetuneConfig), ("meta-finetune", MetaConfig)):
         args = build_parser().parse_args([command, "--data-dir", "d", *REFERENCE_FLAGS])
         assert {k: getattr(make_config(args, cls, command), k) for k in REFERENCE} == REFERENCE
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        help_text = " ".join(capsys.readouterr().out.split())
+        assert "the reference system's head: add " + " ".join(REFERENCE_FLAGS) in help_text
 
 
 @pytest.mark.parametrize("cls", [FinetuneConfig, MetaConfig])

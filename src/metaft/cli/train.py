@@ -7,9 +7,9 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from ..config import FinetuneConfig, MetaConfig
+from ..config import REFERENCE_BEHAVIOUR, FinetuneConfig, MetaConfig
 from ..errors import ConfigError
-from ..settings import add_arguments
+from ..settings import add_arguments, field_map
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ Multi-GPU: `accelerate launch -m metaft meta-finetune ...` (batch sizes are per 
 FINETUNE_EPILOG = """\
 Output (default runs/finetune-<task>-<seed>, <task> = --task_name or the data folder's domain, e.g. SST-2):
   config.json, metrics.jsonl, best/ (a Hugging Face folder: transformers.pipeline("text-classification",
-  model="<out>/best") loads it) and results.json (test accuracy, macro-F1, per-label counts, best dev).
+  model="<out>/best", trust_remote_code=True) loads it; a pooler head needs no remote code) and
+  results.json (test accuracy, macro-F1, per-label counts, best dev).
 
 Seed-system (OneFlow) command lines run as written, e.g.
   metaft finetune --task_name sst-2 --model_load_dir runs/meta-g1-42/snapshot_best_mft_model_g1_dev_0.78125 \\
@@ -41,7 +42,18 @@ Seed-system (OneFlow) command lines run as written, e.g.
 The baseline MFT must beat: the same command with --model minilm (the raw pre-trained checkpoint).
 """
 
+REFERENCE_EPILOG = """
+The head defaults were chosen on dev sets; the reference system's head: add {flags}
+"""
+
 ONEFLOW_ONLY = ("gpu_num_per_node", "node_num", "num_nodes", "loss_print_every_n_iter", "log_dir")
+
+
+def reference_flags(cls) -> str:
+    """The command-line flags of :data:`REFERENCE_BEHAVIOUR` (the reference system's head)."""
+    fields = field_map(cls)
+    return " ".join(f"{(fields[k].metadata['flags'] or ('--' + k.replace('_', '-'),))[0]} {v}"
+                    for k, v in REFERENCE_BEHAVIOUR.items())
 
 
 def _common(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
@@ -62,7 +74,7 @@ def register(subparsers) -> None:
         "meta-finetune", help="stage 2: train one meta-learner on all domains", formatter_class=fmt,
         description="Meta fine-tuning: typicality-weighted cross-entropy plus lambda x domain-corruption loss "
                     "on the union of all domains; the best checkpoint on the cross-domain dev set is kept.",
-        epilog=META_EPILOG)
+        epilog=META_EPILOG + REFERENCE_EPILOG.format(flags=reference_flags(MetaConfig)))
     _common(meta, MetaConfig, skip=("test_limit",))
     meta.set_defaults(func=run_meta)
 
@@ -70,7 +82,7 @@ def register(subparsers) -> None:
         "finetune", help="stage 3: fine-tune on one domain and test the best-dev model", formatter_class=fmt,
         description="Standard fine-tuning on one domain, starting from a meta-learner folder (or any "
                     "checkpoint: the baseline); the best-dev checkpoint is evaluated on the test set.",
-        epilog=FINETUNE_EPILOG)
+        epilog=FINETUNE_EPILOG + REFERENCE_EPILOG.format(flags=reference_flags(FinetuneConfig)))
     _common(ft, FinetuneConfig)
     ft.set_defaults(func=run_finetune)
 
