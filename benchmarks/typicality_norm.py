@@ -1,7 +1,8 @@
 """Choose ``--typicality-norm`` on dev sets: meta-stage dev accuracy of each normalisation on g1 16-<seed>.
 
 Runs the seed recipe's meta stage (63 epochs, batch 4, lr 5e-5, dev every 100 steps) with the default model
-for each (norm, seed); finished runs are skipped, so the script resumes. Only cross-domain *dev* accuracy
+for each (norm, seed) and the reference system's head (``REFERENCE_BEHAVIOUR``, the head the recorded choice
+was made with); finished runs are skipped, so the script resumes. Only cross-domain *dev* accuracy
 is used — test sets are never looked at here.
 
     python benchmarks/typicality_norm.py --seeds 13 42 --norms none mean mean-global
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 
 from metaft import MetaConfig, PrepareConfig, TypicalityConfig, compute_typicality, meta_finetune, prepare
-from metaft.config import SEED_RECIPE_META
+from metaft.config import REFERENCE_BEHAVIOUR, SEED_RECIPE_META
 from metaft.results import META_RESULTS, read_meta_result
 from metaft.study import machine_info
 
@@ -39,8 +40,8 @@ def main() -> None:
         for norm in args.norms:
             out = work / f"meta-{norm}-{seed}"
             t0 = time.perf_counter()
-            meta_finetune(MetaConfig(**SEED_RECIPE_META, data_dir=str(cross), out=str(out), seed=seed,
-                                     typicality_norm=norm, task_name="g1", resume=out.exists()))
+            meta_finetune(MetaConfig(**SEED_RECIPE_META, **REFERENCE_BEHAVIOUR, data_dir=str(cross), out=str(out),
+                                     seed=seed, typicality_norm=norm, task_name="g1", resume=out.exists()))
             res = read_meta_result(out / META_RESULTS)
             rows.append({"seed": seed, "norm": norm, "best_dev_accuracy": res.best_dev_accuracy,
                          "best_step": res.best_step, "wall_time_s": res.wall_time_s})

@@ -163,7 +163,8 @@ def test_finetune_learns_logs_and_keeps_the_best(reference_run):
     assert len(train_rows) == res.total_steps == 60
     assert {"step", "epoch", "lr", "grad_norm", "loss_cls", "loss_total"} <= set(train_rows[0])
     assert train_rows[-1]["loss_total"] < train_rows[0]["loss_total"]
-    assert [r["step"] for r in dev_rows] == list(range(5, 61, 5))  # a fresh head: step 0 is no candidate
+    # the default head is fitted on the frozen features first (probe): step 0 is a candidate
+    assert [r["step"] for r in dev_rows] == list(range(0, 61, 5)) and res.head_probe is not None
     accs = [r["dev_accuracy"] for r in dev_rows]
     first_best = dev_rows[accs.index(max(accs))]  # ties keep the earlier checkpoint
     assert res.best_step == first_best["step"] and res.best_dev_accuracy == max(accs)
@@ -214,6 +215,11 @@ def test_a_run_written_before_a_setting_existed_still_resumes(reference_run, tin
     assert comparable(finetune(cfg)) == comparable(res)
     with pytest.raises(ConfigError, match="group_by_length: False -> True"):
         finetune(cfg.replace(group_by_length=True))
+    del saved["head"], saved["head_pooling"]  # written before the head settings: it trained the reference head
+    (run / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match=r"different settings \(head: 'reinit' -> 'probe', head_pooling: "
+                                          r"'pooler' -> 'auto'\)"):
+        finetune(cfg)
 
 
 def test_compiled_training_uses_few_static_graphs_and_saves_plain_weights(reference_run, tiny_model_dir, single,
