@@ -66,11 +66,11 @@ def test_non_finite_weights_stop_the_run_and_keep_the_last_finite_best(
 
 def test_one_step_run_with_diverged_weights_is_never_saved_as_best(tiny_model_dir, single, tmp_path, monkeypatch):
     """The issue's case: the last (here the only) evaluation comes right after the step that diverged, so the
-    loss guard never sees a NaN loss."""
+    loss guard never sees a NaN loss. A fresh head (the reference's): no step-0 evaluation comes first."""
     poison_weights_at(monkeypatch, "classifier.weight", 0, float("inf"))
     out = tmp_path / "run"
     with pytest.raises(MetaftError, match=r"hold NaN / inf at step 1 \(e.g. classifier.weight\)"):
-        finetune(ft_config(single, tiny_model_dir, out, epochs=0.1, eval_every=0))
+        finetune(ft_config(single, tiny_model_dir, out, epochs=0.1, eval_every=0, head="reinit"))
     assert not (out / "best").exists() and not (out / "results.json").exists()
 
 
@@ -85,7 +85,8 @@ def test_non_finite_dev_logits_with_finite_weights_stop_the_run(tiny_model_dir, 
 
     monkeypatch.setattr(stages, "hf_logits", logits)
     out = tmp_path / "run"
-    with pytest.raises(MetaftError, match=rf"{out}: step 5: the model gives non-finite logits \(NaN / inf\) "
+    # the first evaluation: step 0, the warm-started head (probe, the default) being a dev candidate
+    with pytest.raises(MetaftError, match=rf"{out}: step 0: the model gives non-finite logits \(NaN / inf\) "
                                           r"for 2 of 24 evaluation examples"):
         finetune(ft_config(single, tiny_model_dir, out, eval_batch_size=16))
     assert not (out / "best").exists()
