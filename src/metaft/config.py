@@ -50,8 +50,8 @@ Ablation = Literal[ABLATIONS]  # noqa: F821 - the names of VARIANTS, not spelled
 # are the stages' own defaults.
 SEED_RECIPE_META = {"epochs": 63, "batch_size": 4, "eval_every": 100}
 SEED_RECIPE_FINETUNE = {"epochs": 64, "batch_size": 2, "eval_every": 50}
-# The reference system's classification head, where metaft's defaults (chosen on dev sets) differ: pass these
-# settings (`--head-pooling pooler --head reinit`) to stages 2 and 3 to run the reference behaviour.
+# The reference system's behaviour where metaft's defaults (chosen on dev sets) differ: its classification head.
+# Stages 2 and 3 run it with these settings (flags --head-pooling pooler --head reinit; reference_behaviour()).
 REFERENCE_BEHAVIOUR: dict[str, Any] = {"head_pooling": "pooler", "head": "reinit"}
 
 
@@ -182,7 +182,7 @@ class TrainSettings(EncoderSettings):
 
     MANAGED: ClassVar[dict[str, str]] = _STUDY_MANAGED
     # what a run saved before a setting existed did (the reference head): a new default is no old behaviour
-    BEFORE_SETTING: ClassVar[dict[str, Any]] = REFERENCE_BEHAVIOUR
+    BEFORE_SETTING: ClassVar[dict[str, Any]] = {k: REFERENCE_BEHAVIOUR[k] for k in ("head_pooling", "head")}
 
     epochs: float = setting(3.0, gt=0, flags=("--epochs", "--num_epochs"), help="epochs, may be fractional")
     batch_size: int = setting(8, gt=0, flags=("--batch-size", "--batch_size_per_device"),
@@ -368,7 +368,7 @@ def reference_behaviour(settings: Any) -> Any:
     if isinstance(settings, StudyConfig):
         return settings.replace(meta=reference_behaviour(settings.meta),
                                 finetune=reference_behaviour(settings.finetune))
-    return settings.replace(**REFERENCE_BEHAVIOUR)
+    return settings.replace(**{k: v for k, v in REFERENCE_BEHAVIOUR.items() if k in field_map(type(settings))})
 
 
 def study_config_from(file_settings: StudyConfig | dict[str, Any] | None, overrides: dict[str, Any]) -> StudyConfig:

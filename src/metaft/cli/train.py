@@ -53,7 +53,7 @@ def reference_flags(cls) -> str:
     """The command-line flags of :data:`REFERENCE_BEHAVIOUR` (the reference system's head)."""
     fields = field_map(cls)
     return " ".join(f"{(fields[k].metadata['flags'] or ('--' + k.replace('_', '-'),))[0]} {v}"
-                    for k, v in REFERENCE_BEHAVIOUR.items())
+                    for k, v in REFERENCE_BEHAVIOUR.items() if k in fields)
 
 
 def _common(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
