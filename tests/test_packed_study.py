@@ -176,8 +176,8 @@ def test_a_diverging_run_is_stopped_alone(tiny_model_dir, three_tasks, tmp_path,
     assert not (run / "results.json").exists()  # left as the one-run path leaves a diverged run
     rows = metrics_without_time(run)
     assert max(r["step"] for r in rows) == last_step and rows == clean_metrics[1][:len(rows)]
-    assert [r["step"] for r in rows if r["kind"] == "dev"] == [4]
-    assert all(torch.isfinite(w).all() for w in weights_of(run / "best").values())  # the step-4 checkpoint
+    assert [r["step"] for r in rows if r["kind"] == "dev"] == [0, 4]  # the probe head (default): step 0 too
+    assert all(torch.isfinite(w).all() for w in weights_of(run / "best").values())  # the step-0 or -4 checkpoint
     assert not (tmp_path / "r0" / "state").exists()
 
 
