@@ -51,6 +51,8 @@ def test_seed_commands_as_written(data, tiny_model_dir, tmp_path, monkeypatch, c
     res = json.loads(Path("runs/finetune-sst-2-42/results.json").read_text())
     assert res["num_examples"] == {"train": 32, "dev": 32, "test": 872} and res["total_steps"] == 16
     assert res["config"]["learning_rate"] == 1e-5 and res["config"]["eval_batch_size"] == 2
+    # as written, the seed command lines run metaft's default head (LP-FT); --head reinit is the reference's
+    assert res["head"] == "probe" and res["head_probe"] is not None and res["dev_history"][0]["step"] == 0
 
     # running the same command again is refused in one line (exit code 2), not silently overwritten
     assert main(meta) == 2
