@@ -39,3 +39,11 @@ def process_state():
     from accelerate import PartialState
 
     return PartialState(cpu=_cpu_processes())
+
+
+def end_processes() -> None:
+    """After a launched run finished on every process: wait for all of them, then close the process group (left
+    to interpreter exit, gloo's threads can be torn down mid-use and abort a process that had finished)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -59,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     _quiet_transformers(verbose=args.verbose)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        from ..devices import end_processes  # torch is loaded by then
+
+        end_processes()
+        return code
     except MetaftError as exc:
         print(f"metaft: error: {exc}", file=sys.stderr)
         return 2
