@@ -27,8 +27,8 @@ from metaft.errors import ConfigError
 from metaft.settings import from_args, parse_text
 
 ROOT = Path(__file__).parents[1]
-REFERENCE = {"head_pooling": "pooler", "head": "reinit"}  # the reference system's head, spelled out
-REFERENCE_FLAGS = ["--head-pooling", "pooler", "--head", "reinit"]
+REFERENCE = {"head_pooling": "pooler", "head": "reinit", "head_normalize": "off"}  # the reference head, spelled out
+REFERENCE_FLAGS = ["--head-pooling", "pooler", "--head", "reinit", "--head-normalize", "off"]
 
 
 def parse(*argv: str):
@@ -256,8 +256,10 @@ def test_a_study_folder_of_the_previous_version_resumes_with_the_same_settings(o
 
     new = study_config_from(config_from_file(ROOT / "benchmarks" / "configs" / "g1.yaml"), {"out": str(old_study)})
     # its config.json predates the head settings: it ran the reference head, which today's defaults are not
-    with pytest.raises(ConfigError, match=r"finetune.head: 'reinit' -> 'probe', finetune.head_pooling: 'pooler' "
-                                          r"-> 'auto', meta.head_pooling: 'pooler' -> 'auto'\)"):
+    with pytest.raises(ConfigError, match=r"finetune.head: 'reinit' -> 'probe', finetune.head_normalize: 'off' "
+                                          r"-> 'auto', finetune.head_pooling: 'pooler' -> 'auto', "
+                                          r"meta.head_normalize: 'off' -> 'auto', meta.head_pooling: 'pooler' "
+                                          r"-> 'auto'\)"):
         check_same_study(old_study, new)
     cfg = reference_behaviour(new)
     check_same_study(old_study, cfg)  # no error: same study
@@ -291,10 +293,11 @@ def test_the_heads_default_to_the_pooled_probe_and_the_reference_head_is_one_map
     ft, meta = FinetuneConfig(), MetaConfig()
     assert (ft.head_pooling, ft.head, meta.head_pooling, meta.head) == ("auto", "probe", "auto", "reinit")
     ref = reference_behaviour(ft)
-    assert {k: getattr(ref, k) for k in REFERENCE_BEHAVIOUR} == {"head_pooling": "pooler", "head": "reinit"}
+    assert {k: getattr(ref, k) for k in REFERENCE_BEHAVIOUR} == REFERENCE
     study = reference_behaviour(StudyConfig())
     assert (study.meta.head_pooling, study.meta.head, study.finetune.head_pooling, study.finetune.head) == (
         "pooler", "reinit", "pooler", "reinit")
+    assert study.meta.head_normalize == study.finetune.head_normalize == "off"
     assert study.finetune.epochs == 64  # the rest of the section is kept
     for command, cls in (("finetune", FinetuneConfig), ("meta-finetune", MetaConfig)):
         args = build_parser().parse_args([command, "--data-dir", "d", *REFERENCE_FLAGS])
@@ -306,7 +309,8 @@ def test_the_heads_default_to_the_pooled_probe_and_the_reference_head_is_one_map
 
 
 @pytest.mark.parametrize("cls", [FinetuneConfig, MetaConfig])
-@pytest.mark.parametrize("lacks", [(), ("head_pooling", "head")])
+@pytest.mark.parametrize("lacks", [(), ("head_pooling", "head"), ("head_pooling", "head", "head_normalize"),
+                                   ("head_normalize",)])
 def test_a_run_saved_before_the_new_head_defaults_resumes_only_with_the_reference_head(tmp_path, cls, lacks):
     from metaft.runs import CONFIG_FILE, check_same_config
 
@@ -315,8 +319,8 @@ def test_a_run_saved_before_the_new_head_defaults_resumes_only_with_the_referenc
         del saved[name]
     (tmp_path / CONFIG_FILE).write_text(json.dumps(saved))
     check_same_config(tmp_path, reference_behaviour(cls(out=str(tmp_path), resume=True)))  # resumes
-    changed = "head: 'reinit' -> 'probe', head_pooling: 'pooler' -> 'auto'" if cls is FinetuneConfig else (
-        "head_pooling: 'pooler' -> 'auto'")
+    changed = "head: 'reinit' -> 'probe', head_normalize: 'off' -> 'auto', head_pooling: 'pooler' -> 'auto'" if (
+        cls is FinetuneConfig) else "head_normalize: 'off' -> 'auto', head_pooling: 'pooler' -> 'auto'"
     with pytest.raises(ConfigError, match=f"cannot resume with different settings \\({changed}\\)"):
         check_same_config(tmp_path, cls(out=str(tmp_path), resume=True))
 
@@ -330,3 +334,31 @@ def test_key_value_text_is_read_by_the_settings_type():
     assert parse_text(MetaSettings, "train_limit", "none") is None
     assert parse_text(MetaSettings, "epochs", "2") == 2.0
     assert parse_text(MetaSettings, "compile_mode", "max-autotune") == "max-autotune"
+
+
+@pytest.mark.parametrize("cls", [FinetuneConfig, MetaConfig])
+def test_a_mean_head_run_saved_before_head_normalize_resumes_only_unnormalised(tmp_path, cls):
+    from metaft.runs import CONFIG_FILE, check_same_config
+
+    saved = cls(out=str(tmp_path), head_pooling="mean").to_dict()
+    del saved["head_normalize"]  # written before the setting existed: its mean head did not normalise
+    assert cls.from_saved(saved).head_normalize == "off"
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match=r"cannot resume with different settings \(head_normalize: 'off' -> "
+                                          r"'auto'\)"):
+        check_same_config(tmp_path, cls(out=str(tmp_path), head_pooling="mean", resume=True))
+    check_same_config(tmp_path, cls(out=str(tmp_path), head_pooling="mean", head_normalize="off", resume=True))
+
+
+def test_head_normalize_is_auto_on_or_off_from_flags_files_and_overrides(tmp_path):
+    args = build_parser().parse_args(["finetune", "--data-dir", "d", "--head-normalize", "on"])
+    assert make_config(args, FinetuneConfig, "finetune").head_normalize == "on"
+    assert FinetuneConfig().head_normalize == MetaConfig().head_normalize == "auto"
+    (tmp_path / "c.yaml").write_text("finetune:\n  head_normalize: on\n  head_pooling: mean\nmeta:\n  "
+                                     "head_normalize: off\n")  # YAML reads a bare on / off as a boolean
+    study = config_from_file(tmp_path / "c.yaml")
+    assert (study.finetune.head_normalize, study.meta.head_normalize) == ("on", "off")
+    assert FinetuneConfig.from_dict({"head_normalize": False}).head_normalize == "off"
+    assert parse_text(FinetuneConfig, "head_normalize", "off") == "off"
+    with pytest.raises(ConfigError, match="head_normalize"):
+        FinetuneConfig.from_dict({"head_normalize": "yes"})

@@ -4,7 +4,7 @@
 Inside a bank the encoder gets a ready-made additive attention mask (see :mod:`metaft.bank`), which a pooled
 classifier (:class:`metaft.modeling_metaft_pooled.MetaftPooledForSequenceClassification`) cannot pool with; so
 for such a template the encoder runs on its own and the pooled head (the module's own ``pool``, dropout and
-linear layer) is applied on the padding mask.
+linear layer, after its normalisation when the head normalises) is applied on the padding mask.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def classifier_output(model: nn.Module, params: dict, buffers: dict, inputs: dic
         return out.logits, out.hidden_states
     out = functional_call(model.encoder, (within(params, ENCODER), within(buffers, ENCODER)), (),
                           {**inputs, "output_hidden_states": hidden_states, "return_dict": True})
-    features = model.dropout(model.pool(out.last_hidden_state, mask))
+    features = model.dropout(model.sentence_features(out.last_hidden_state, mask))
     return F.linear(features, params["classifier.weight"], params["classifier.bias"]), out.hidden_states
 
 

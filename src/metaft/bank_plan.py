@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError
-from .heads import resolve_pooling
+from .heads import resolve_normalize, resolve_pooling
 from .hub import resolve_model
 
 # settings a bank's runs may differ in (everything else: one schedule, one template module, one padding rule)
@@ -37,9 +37,11 @@ def model_config(source: str, trust_remote_code: bool = False):
 
 def bank_key(cfg, num_train: int, num_labels: int, config) -> str:
     """Runs with equal keys can share a bank: same step count, optimiser, padding and architecture (the head's
-    pooling as resolved for the run's model: ``auto`` may mean mean for one model and pooler for another)."""
+    pooling and normalisation as resolved for the run's model: ``auto`` may mean mean for one model and pooler
+    for another)."""
     shared = {k: v for k, v in cfg.to_dict().items() if k not in PER_RUN_SETTINGS}
     shared["head_pooling"] = resolve_pooling(cfg.head_pooling, cfg.model)
+    shared["head_normalize"] = resolve_normalize(cfg.head_normalize, shared["head_pooling"], cfg.model)
     arch = {k: getattr(config, k, None) for k in ARCHITECTURE_KEYS}
     return json.dumps({"settings": shared, "architecture": arch, "num_train": num_train, "num_labels": num_labels},
                       sort_keys=True, default=str)

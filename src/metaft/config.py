@@ -29,6 +29,7 @@ CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotun
 DomainLoss = Literal["corrupt", "grl", "none"]
 TypicalityNorm = Literal["none", "mean", "mean-global"]
 HeadPooling = Literal["auto", "mean", "cls", "pooler"]
+HeadNormalize = Literal["auto", "on", "off"]
 MetaHead = Literal["reinit", "probe"]
 Head = Literal["reinit", "probe", "keep"]
 Corruption = Literal["permute", "uniform"]
@@ -51,8 +52,8 @@ Ablation = Literal[ABLATIONS]  # noqa: F821 - the names of VARIANTS, not spelled
 SEED_RECIPE_META = {"epochs": 63, "batch_size": 4, "eval_every": 100}
 SEED_RECIPE_FINETUNE = {"epochs": 64, "batch_size": 2, "eval_every": 50}
 # The reference system's behaviour where metaft's defaults (chosen on dev sets) differ: its classification head.
-# Stages 2 and 3 run it with these settings (flags --head-pooling pooler --head reinit; reference_behaviour()).
-REFERENCE_BEHAVIOUR: dict[str, Any] = {"head_pooling": "pooler", "head": "reinit"}
+# Stages 2 and 3 run it with these settings (reference_behaviour(); head_normalize off = auto for a pooler head).
+REFERENCE_BEHAVIOUR: dict[str, Any] = {"head_pooling": "pooler", "head": "reinit", "head_normalize": "off"}
 
 
 def _ablations(value: Any) -> Any:
@@ -69,6 +70,11 @@ def _ablations(value: Any) -> Any:
 def _on_off(value: Any) -> Any:
     """``on`` / ``off`` (the words of the issue and the guide) for a boolean setting."""
     return {"on": True, "off": False}.get(value, value) if isinstance(value, str) else value
+
+
+def _on_off_word(value: Any) -> Any:
+    """A boolean (YAML reads a bare ``on`` / ``off`` as one) as the word of an auto / on / off setting."""
+    return {True: "on", False: "off"}[value] if isinstance(value, bool) else value
 
 
 def redefault(cls: type, name: str, default: Any, **changes: Any) -> Any:
@@ -182,7 +188,7 @@ class TrainSettings(EncoderSettings):
 
     MANAGED: ClassVar[dict[str, str]] = _STUDY_MANAGED
     # what a run saved before a setting existed did (the reference head): a new default is no old behaviour
-    BEFORE_SETTING: ClassVar[dict[str, Any]] = {k: REFERENCE_BEHAVIOUR[k] for k in ("head_pooling", "head")}
+    BEFORE_SETTING: ClassVar[dict[str, Any]] = dict(REFERENCE_BEHAVIOUR)
 
     epochs: float = setting(3.0, gt=0, flags=("--epochs", "--num_epochs"), help="epochs, may be fractional")
     batch_size: int = setting(8, gt=0, flags=("--batch-size", "--batch_size_per_device"),
@@ -220,6 +226,9 @@ class TrainSettings(EncoderSettings):
                                         "pooler; mean / cls = masked token mean / first token -> linear; pooler = "
                                         "the architecture's own HF head (BERT: [CLS] -> pooler -> linear), the "
                                         "reference system's")
+    head_normalize: HeadNormalize = setting("auto", parse=_on_off_word, help="mean / cls head: the pooled vector at "
+                                            "unit length before the linear layer; auto = on when the checkpoint "
+                                            "declares it (sentence-transformers' Normalize: all-MiniLM-L6-v2), else off")
     head: MetaHead = setting("reinit", flags=("--head", "--head-init"), help="reinit = a new seeded head; probe = "
                              "a new head first fitted by logistic regression on the frozen features, C chosen on "
                              "dev, then everything fine-tuned (LP-FT)")

@@ -10,6 +10,11 @@
 - ``auto``: the pooling the checkpoint declares (a sentence-transformers folder's ``1_Pooling/config.json``:
   all-MiniLM-L6-v2 says mean; a metaft pooled folder says its own), else ``pooler``.
 
+``head_normalize`` (mean / cls heads only): ``on`` scales the pooled vector to unit length before dropout and
+the linear layer (sentence-transformers' ``Normalize``); ``auto`` = on when the checkpoint declares it (a
+``Normalize`` module in a sentence-transformers ``modules.json``: all-MiniLM-L6-v2 does; a metaft pooled folder
+saved with ``normalize``), else off. The head then sees what the frozen-LR reference (:mod:`metaft.probe`) sees.
+
 This is not the typicality stage's ``pooling`` (how stage 1 embeds texts with the bare encoder): that one has
 no ``auto`` and its ``pooler`` means the pooler layer's output, not a classification head.
 """
@@ -30,6 +35,7 @@ from .hub import from_pretrained, resolve_model
 logger = logging.getLogger(__name__)
 
 HEAD_POOLINGS = ("auto", "mean", "cls", "pooler")
+HEAD_NORMALIZE = ("auto", "on", "off")
 REMOTE_FILE = Path(pooled.__file__).name
 AUTO_MAP = {"AutoConfig": f"{Path(REMOTE_FILE).stem}.MetaftPooledConfig",
             "AutoModelForSequenceClassification": f"{Path(REMOTE_FILE).stem}.MetaftPooledForSequenceClassification"}
@@ -81,6 +87,34 @@ def declared_pooling(path: str | Path) -> str | None:
     return chosen[0]
 
 
+def declared_normalize(path: str | Path) -> bool:
+    """Whether a model folder declares unit-length sentence embeddings: a metaft pooled folder saved with
+    ``normalize``, or a sentence-transformers folder whose ``modules.json`` lists a ``Normalize`` module."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    if is_pooled_folder(path):
+        return bool(_read_json(path / "config.json").get("normalize", False))
+    modules = _read_json(path / "modules.json")
+    return isinstance(modules, list) and any(isinstance(m, dict) and str(m.get("type", "")).endswith("Normalize")
+                                             for m in modules)
+
+
+def resolve_normalize(setting: str, pooling: str, source: str) -> bool:
+    """``head_normalize`` for a head of resolved ``pooling``: on / off as asked (on needs a mean or cls head);
+    ``auto`` -> what the checkpoint declares (:func:`declared_normalize`) for a mean / cls head, else off."""
+    if setting not in HEAD_NORMALIZE:
+        raise ConfigError(f"head_normalize must be one of {', '.join(HEAD_NORMALIZE)}, got {setting!r}")
+    if pooling not in pooled.POOLINGS:
+        if setting == "on":
+            raise ConfigError(f"head_normalize on needs a mean or cls head; head_pooling resolves to {pooling!r} "
+                              f"for {source}: pass --head-pooling mean (or cls), or --head-normalize off")
+        return False
+    if setting != "auto":
+        return setting == "on"
+    return declared_normalize(resolve_model(source))
+
+
 def resolve_pooling(setting: str, source: str) -> str:
     """``auto`` -> what the checkpoint declares (see :func:`declared_pooling`), else ``pooler``."""
     if setting not in HEAD_POOLINGS:
@@ -111,24 +145,28 @@ def _label_kwargs(labels: list[str]) -> dict:
             "label2id": {lab: i for i, lab in enumerate(labels)}}
 
 
-def pooled_config(encoder_config, pooling: str, labels: list[str], dropout: float | None):
+def pooled_config(encoder_config, pooling: str, labels: list[str], dropout: float | None, normalize: bool = False):
     """A :class:`MetaftPooledConfig` carrying ``encoder_config``'s fields."""
     fields = {k: v for k, v in encoder_config.to_dict().items() if k not in pooled.OWN_KEYS}
     config = pooled.MetaftPooledConfig(encoder_model_type=encoder_config.model_type, pooling=pooling,
-                                       classifier_dropout=dropout, **fields, **_label_kwargs(labels))
+                                       classifier_dropout=dropout, normalize=normalize, **fields,
+                                       **_label_kwargs(labels))
     config.auto_map = dict(AUTO_MAP)
     return config
 
 
 def build_classifier(source: str, labels: list[str], pooling: str, dropout: float | None,
-                     trust_remote_code: bool = False) -> nn.Module:
+                     trust_remote_code: bool = False, normalize: bool = False) -> nn.Module:
     """A sequence classifier with a ``pooling`` head (mean | cls | pooler; resolved, not auto) on the encoder
-    of ``source``: a pretrained checkpoint, a plain classifier folder or a pooled one. A head of the same kind
-    and label count is loaded from the folder when it has one (the caller re-initialises it unless kept)."""
+    of ``source``: a pretrained checkpoint, a plain classifier folder or a pooled one; ``normalize`` (resolved,
+    mean / cls only): unit-length pooled vectors. A head of the same kind and label count is loaded from the
+    folder when it has one (the caller re-initialises it unless kept)."""
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
     path = resolve_model(source)
     kwargs = _label_kwargs(labels)
+    if normalize and pooling not in pooled.POOLINGS:
+        raise ConfigError(f"head_normalize on needs a mean or cls head, not {pooling!r}")
     try:
         if pooling == "pooler":
             if not is_pooled_folder(path):
@@ -149,7 +187,7 @@ def build_classifier(source: str, labels: list[str], pooling: str, dropout: floa
         if is_pooled_folder(path):
             model = from_pretrained(pooled.MetaftPooledForSequenceClassification, path,
                                     ignore_mismatched_sizes=True, **kwargs)
-            model.config.pooling = pooling
+            model.config.pooling, model.config.normalize = pooling, bool(normalize)
             if dropout is not None:
                 model.config.classifier_dropout = dropout
                 model.dropout.p = dropout
@@ -157,7 +195,7 @@ def build_classifier(source: str, labels: list[str], pooling: str, dropout: floa
         encoder = from_pretrained(AutoModel, path, trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{source}: cannot load model ({exc})") from None
-    config = pooled_config(encoder.config, pooling, labels, dropout)
+    config = pooled_config(encoder.config, pooling, labels, dropout, normalize)
     return pooled.MetaftPooledForSequenceClassification(config, encoder=encoder)
 
 

@@ -23,7 +23,13 @@ from .errors import ConfigError, DataError
 from .evaluation import non_finite_parameters
 from .features import MODEL_INPUT_KEYS
 from .fileio import recover_folder
-from .heads import build_classifier, classification_head, is_pooled_folder, save_classifier
+from .heads import (
+    build_classifier,
+    classification_head,
+    declared_normalize,
+    is_pooled_folder,
+    save_classifier,
+)
 from .hub import from_pretrained, resolve_model
 from .losses import grad_reverse
 from .pooling import masked_mean
@@ -102,9 +108,10 @@ class MetaLearner(nn.Module):
     def build(cls, model_name_or_path: str, labels: list[str], domains: list[str], *, domain_loss: str = "corrupt",
               domain_layers: tuple[int, ...] = (), dropout: float = 0.1, pooling: str = "pooler",
               trust_remote_code: bool = False, domain_embedding: bool = True,
-              corruption: str = "permute") -> MetaLearner:
-        """``pooling``: the classification head (mean | cls | pooler, see :mod:`metaft.heads`), resolved."""
-        classifier = build_classifier(model_name_or_path, labels, pooling, dropout, trust_remote_code)
+              corruption: str = "permute", normalize: bool = False) -> MetaLearner:
+        """``pooling``: the classification head (mean | cls | pooler, see :mod:`metaft.heads`), resolved;
+        ``normalize``: its pooled vector at unit length (mean / cls), resolved."""
+        classifier = build_classifier(model_name_or_path, labels, pooling, dropout, trust_remote_code, normalize)
         check_finite(classifier, model_name_or_path)
         if dropout is not None:
             set_head_dropout(classifier, dropout)
@@ -236,13 +243,13 @@ def reinit_head(model: nn.Module, generator: torch.Generator) -> None:
 
 
 def load_classifier(source: str, labels: list[str], *, head: str = "reinit", dropout: float = 0.1, seed: int = 0,
-                    pooling: str = "pooler", trust_remote_code: bool = False):
+                    pooling: str = "pooler", trust_remote_code: bool = False, normalize: bool = False):
     """Stage-3 model: from a meta-learner folder or any pretrained checkpoint, with a ``pooling`` head
-    (mean | cls | pooler; see :mod:`metaft.heads`).
+    (mean | cls | pooler; see :mod:`metaft.heads`), its pooled vector at unit length if ``normalize``.
 
     ``head='reinit'`` (and ``'probe'``, whose fitting comes later) starts a fresh classification head (seeded);
     ``'keep'`` keeps the meta-learner's head and requires the same label set in the same order and the same
-    head pooling.
+    head pooling and normalisation.
     """
     path = Path(resolve_model(source))
     if path.is_dir():
@@ -259,7 +266,12 @@ def load_classifier(source: str, labels: list[str], *, head: str = "reinit", dro
         if saved_pooling != pooling:
             raise ConfigError(f"{source}: --head keep needs the meta-learner's head pooling ({saved_pooling}); this "
                               f"run asks for {pooling}: pass --head-pooling {saved_pooling} or a fresh head")
-    model = build_classifier(str(path), labels, pooling, dropout, trust_remote_code)
+        if declared_normalize(path) != normalize:
+            saved_normalize = "on" if declared_normalize(path) else "off"
+            raise ConfigError(f"{source}: --head keep needs the meta-learner's head normalisation "
+                              f"(head_normalize {saved_normalize}): pass --head-normalize {saved_normalize} or a "
+                              "fresh head")
+    model = build_classifier(str(path), labels, pooling, dropout, trust_remote_code, normalize)
     check_finite(model, source)
     if dropout is not None:
         set_head_dropout(model, dropout)

@@ -5,7 +5,8 @@ Self-contained on purpose (torch and transformers only, no metaft import): metaf
 saved folder of such a classifier and points ``auto_map`` in its ``config.json`` at it, so that
 ``transformers.pipeline("text-classification", model=FOLDER, trust_remote_code=True)`` loads the folder
 without metaft installed. The config holds the encoder's own settings plus ``encoder_model_type`` and
-``pooling``; the weights are the encoder's (prefix ``encoder.``) and ``classifier.{weight,bias}``.
+``pooling`` (and ``normalize``: the pooled vector scaled to unit length before the linear layer, as a
+sentence-transformers pipeline ending in ``Normalize`` embeds); the weights are the encoder's (prefix ``encoder.``) and ``classifier.{weight,bias}``.
 """
 
 from __future__ import annotations
@@ -17,19 +18,21 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 MODEL_TYPE = "metaft-pooled"
 POOLINGS = ("mean", "cls")
-OWN_KEYS = ("model_type", "encoder_model_type", "pooling", "auto_map", "architectures", "transformers_version",
+OWN_KEYS = ("model_type", "encoder_model_type", "pooling", "normalize", "auto_map", "architectures", "transformers_version",
              "id2label", "label2id", "num_labels", "problem_type", "classifier_dropout", "dtype", "torch_dtype")
 
 
 class MetaftPooledConfig(PretrainedConfig):
-    """The encoder's config fields (flat) + ``encoder_model_type`` + ``pooling`` (mean | cls)."""
+    """The encoder's config fields (flat) + ``encoder_model_type`` + ``pooling`` (mean | cls) + ``normalize``
+    (unit-length pooled vectors; folders saved without it: False)."""
 
     model_type = MODEL_TYPE
 
     def __init__(self, encoder_model_type: str = "bert", pooling: str = "mean",
-                 classifier_dropout: float | None = None, **kwargs):
+                 classifier_dropout: float | None = None, normalize: bool = False, **kwargs):
         self.encoder_model_type = encoder_model_type
         self.pooling = pooling
+        self.normalize = bool(normalize)
         self.classifier_dropout = classifier_dropout
         super().__init__(**kwargs)
 
@@ -46,7 +49,7 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class MetaftPooledForSequenceClassification(PreTrainedModel):
-    """encoder -> pool (masked mean or first token) -> dropout -> linear."""
+    """encoder -> pool (masked mean or first token) -> L2-normalise (if ``config.normalize``) -> dropout -> linear."""
 
     config_class = MetaftPooledConfig
     base_model_prefix = "encoder"
@@ -78,13 +81,21 @@ class MetaftPooledForSequenceClassification(PreTrainedModel):
             attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
         return masked_mean(hidden, attention_mask)
 
+    def sentence_features(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """What the head's dropout and linear layer see: :meth:`pool`, unit length if ``config.normalize``
+        (sentence-transformers' ``Normalize``: x / max(||x||, 1e-12))."""
+        pooled = self.pool(hidden, attention_mask)
+        if getattr(self.config, "normalize", False):
+            pooled = nn.functional.normalize(pooled, p=2, dim=-1, eps=1e-12)
+        return pooled
+
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
                 output_hidden_states=None, return_dict=None, **kwargs):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
         out = self.encoder(**inputs, **kwargs, output_hidden_states=output_hidden_states, return_dict=True)
-        logits = self.classifier(self.dropout(self.pool(out.last_hidden_state, attention_mask)))
+        logits = self.classifier(self.dropout(self.sentence_features(out.last_hidden_state, attention_mask)))
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.float(), labels.view(-1))

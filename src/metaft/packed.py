@@ -40,7 +40,7 @@ from .errors import ConfigError
 from .evaluation import NonFiniteError
 from .features import EncodedDataset
 from .fileio import recover_folder
-from .heads import resolve_pooling, save_classifier
+from .heads import resolve_normalize, resolve_pooling, save_classifier
 from .hub import load_tokenizer, usable_max_length
 from .locking import run_lock
 from .modeling import load_classifier
@@ -85,13 +85,15 @@ class PreparedRun:
                      for k, v in self.splits.items()}
         self.key = bank_key(cfg, len(self.sets["train"]), len(self.labels), self.config)
         self.pooling, self.probe = resolve_pooling(cfg.head_pooling, cfg.model), None
+        self.normalize = resolve_normalize(cfg.head_normalize, self.pooling, cfg.model)
         self.prepare_s = time.monotonic() - started
 
     def load_model(self):
         cfg = self.cfg
         with seeded(cfg.seed):  # as stages.finetune: the seeded head re-initialisation
             model = load_classifier(cfg.model, self.labels, head=cfg.head, dropout=cfg.dropout, seed=cfg.seed,
-                                    pooling=self.pooling, trust_remote_code=cfg.trust_remote_code)
+                                    pooling=self.pooling, normalize=self.normalize,
+                                    trust_remote_code=cfg.trust_remote_code)
         if cfg.head == "probe":  # as stages.warm_start: fitted on this run's own frozen features
             self.probe = probe_warm_start(model, self.sets["train"], self.sets["dev"], cfg.eval_batch_size)
         return model
@@ -124,7 +126,7 @@ class PreparedRun:
             timings={"train_s": round(share.train_s, 3), "eval_s": round(eval_s, 3),
                      "total_s": round(self.prepare_s + share.wall_s + eval_s, 3)},
             resumed_from=share.resumed_from, dev_history=member.history, config=cfg.to_dict(),
-            head_pooling=self.pooling, head_probe=self.probe)
+            head_pooling=self.pooling, head_normalize=self.normalize, head_probe=self.probe)
 
 
 def bank_identity(runs: Sequence) -> dict:

@@ -32,7 +32,7 @@ from .bank_forward import classifier_output, within
 from .bank_plan import bank_key, model_config
 from .config import MetaConfig
 from .features import MODEL_INPUT_KEYS, EncodedDataset
-from .heads import resolve_pooling
+from .heads import resolve_normalize, resolve_pooling
 from .hub import load_tokenizer, usable_max_length
 from .losses import corrupted_domain_targets, grl_coefficient, weighted_cross_entropy
 from .modeling import DomainHead, MetaLearner, default_domain_layers
@@ -151,6 +151,7 @@ class PreparedMetaRun:
                                       cfg.use_cache)
         self.task = cfg.task_name or task_name_for(self.data_dir)
         self.pooling, self.probe = resolve_pooling(cfg.head_pooling, cfg.model), None
+        self.normalize = resolve_normalize(cfg.head_normalize, self.pooling, cfg.model)
         shared = cfg.replace(**{k: getattr(MetaConfig, k) for k in META_PER_RUN})
         self.key = bank_key(shared, len(self.train_set), len(self.labels), self.config) + str(len(self.domains))
         self.prepare_s = time.monotonic() - started
@@ -160,7 +161,7 @@ class PreparedMetaRun:
         with seeded(cfg.seed):  # as stages.meta_finetune
             model = MetaLearner.build(cfg.model, self.labels, self.domains, domain_loss=cfg.domain_loss,
                                       domain_layers=cfg.domain_layers, dropout=cfg.dropout, pooling=self.pooling,
-                                      trust_remote_code=cfg.trust_remote_code,
+                                      normalize=self.normalize, trust_remote_code=cfg.trust_remote_code,
                                       domain_embedding=cfg.domain_embedding, corruption=cfg.corruption)
         if cfg.head == "probe":  # as stages.warm_start
             self.probe = probe_warm_start(model.classifier, self.train_set, self.dev_set, cfg.eval_batch_size)
@@ -185,4 +186,4 @@ class PreparedMetaRun:
             wall_time_s=round(share.train_s, 3), resumed_from=share.resumed_from, labels=self.labels,
             domains=self.domains, num_examples={"train": len(self.train_ex), "dev": len(self.dev_ex)},
             model=cfg.model, seed=cfg.seed, dev_history=member.history, config=cfg.to_dict(),
-            head_pooling=self.pooling, head_probe=self.probe)
+            head_pooling=self.pooling, head_normalize=self.normalize, head_probe=self.probe)

@@ -19,12 +19,12 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
 
 
-def frozen_lr_reference(data_dir: str | Path, model: str, domain: str | None = None,
-                        cache: dict | None = None) -> dict:
-    """Frozen-encoder logistic regression on one prepared domain folder (train / dev / test.tsv): mean-pooled,
-    L2-normalised embeddings, C on dev. Returns ``{"domain", "C", "dev_accuracy", "test_accuracy", "test_n"}``.
-    ``cache`` (a dict, reused across calls) keeps the encoder and every text's embedding: the test sets of
-    k-shot splits are the same for every seed."""
+def frozen_lr_features(data_dir: str | Path, model: str, domain: str | None = None,
+                       cache: dict | None = None) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """The reference's features of one prepared domain folder: per split (train / dev / test.tsv) the mean-pooled,
+    L2-normalised embeddings [N, H] and the labels. Returns the domain and ``{split: (x, y)}``. ``cache`` (a
+    dict, reused across calls) keeps the encoder and every text's embedding: the test sets of k-shot splits are
+    the same for every seed."""
     from .corpora import read_mft_tsv
     from .hub import load_encoder, load_tokenizer
     from .typicality import embed_examples
@@ -43,6 +43,14 @@ def frozen_lr_reference(data_dir: str | Path, model: str, domain: str | None = N
         out[split] = (np.stack([vectors[(ex.text, ex.text_pair)] for ex in examples]),
                       np.asarray([ex.label for ex in examples]))
         domain = domain or examples[0].domain
+    return domain, out
+
+
+def frozen_lr_reference(data_dir: str | Path, model: str, domain: str | None = None,
+                        cache: dict | None = None) -> dict:
+    """Frozen-encoder logistic regression on one prepared domain folder (:func:`frozen_lr_features`), C on dev.
+    Returns ``{"domain", "C", "dev_accuracy", "test_accuracy", "test_n"}``."""
+    domain, out = frozen_lr_features(data_dir, model, domain, cache)
     fit = fit_logistic(*out["train"], *out["dev"])
     test_x, test_y = out["test"]
     return {"domain": domain, "C": fit["C"], "dev_accuracy": fit["dev_accuracy"],

@@ -58,6 +58,7 @@ class MetaResult:
     dev_history: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
     head_pooling: str = "pooler"  # the classification head, resolved (heads.py); older files: pooler
+    head_normalize: bool = False  # its pooled vector at unit length, resolved (heads.py); older files: False
     head_probe: dict | None = None  # head probe: the logistic regression chosen (C, dev / train accuracy)
 
 
@@ -85,6 +86,7 @@ class FinetuneResult:
     dev_history: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
     head_pooling: str = "pooler"  # the classification head, resolved (heads.py); older files: pooler
+    head_normalize: bool = False  # its pooled vector at unit length, resolved (heads.py); older files: False
     head_probe: dict | None = None  # head probe: the logistic regression chosen (C, dev / train accuracy)
 
 

@@ -16,7 +16,7 @@ import torch
 from .config import FinetuneConfig, MetaConfig
 from .devices import process_state
 from .features import EncodedDataset
-from .heads import head_parameters, resolve_pooling, save_classifier
+from .heads import head_parameters, resolve_normalize, resolve_pooling, save_classifier
 from .hub import load_tokenizer, usable_max_length
 from .locking import run_lock
 from .losses import grl_coefficient, mft_loss, weighted_cross_entropy
@@ -86,10 +86,11 @@ def _meta_finetune(cfg: MetaConfig) -> Path:
     weights = typicality_weights(cfg, data_dir, train_ex)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     pooling = resolve_pooling(cfg.head_pooling, cfg.model)
+    normalize = resolve_normalize(cfg.head_normalize, pooling, cfg.model)
     with seeded(cfg.seed):
         model = MetaLearner.build(cfg.model, labels, domains, domain_loss=cfg.domain_loss,
                                   domain_layers=cfg.domain_layers, dropout=cfg.dropout, pooling=pooling,
-                                  trust_remote_code=cfg.trust_remote_code, domain_embedding=cfg.domain_embedding,
+                                  normalize=normalize, trust_remote_code=cfg.trust_remote_code, domain_embedding=cfg.domain_embedding,
                                   corruption=cfg.corruption)
     label_ids, domain_ids = {lab: i for i, lab in enumerate(labels)}, {d: i for i, d in enumerate(domains)}
     max_length = usable_max_length(cfg.max_length, model.classifier.config, tokenizer)
@@ -115,7 +116,7 @@ def _meta_finetune(cfg: MetaConfig) -> Path:
         best_model_name=result.best_dir.name, wall_time_s=round(result.wall_time_s, 3),
         resumed_from=result.resumed_from, labels=labels, domains=domains,
         num_examples={"train": len(train_ex), "dev": len(dev_ex)}, model=cfg.model, seed=cfg.seed,
-        dev_history=result.history, config=cfg.to_dict(), head_pooling=pooling, head_probe=probe,
+        dev_history=result.history, config=cfg.to_dict(), head_pooling=pooling, head_normalize=normalize, head_probe=probe,
     ), stale)
     return result.best_dir
 
@@ -142,9 +143,10 @@ def _finetune(cfg: FinetuneConfig) -> FinetuneResult:
     labels = label_set(data_dir, splits["train"], {k: v for k, v in splits.items() if k != "train"})
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     pooling = resolve_pooling(cfg.head_pooling, cfg.model)
+    normalize = resolve_normalize(cfg.head_normalize, pooling, cfg.model)
     with seeded(cfg.seed):
         model = load_classifier(cfg.model, labels, head=cfg.head, dropout=cfg.dropout, seed=cfg.seed,
-                                pooling=pooling, trust_remote_code=cfg.trust_remote_code)
+                                pooling=pooling, normalize=normalize, trust_remote_code=cfg.trust_remote_code)
     label_ids = {lab: i for i, lab in enumerate(labels)}
     max_length = usable_max_length(cfg.max_length, model.config, tokenizer)
     sets = {k: EncodedDataset(v, tokenizer, max_length, label_ids, None, None, cfg.use_cache)
@@ -172,7 +174,7 @@ def _finetune(cfg: FinetuneConfig) -> FinetuneResult:
         timings={"train_s": round(result.wall_time_s, 3), "eval_s": round(eval_s, 3),
                  "total_s": round(time.monotonic() - t_start, 3)},
         resumed_from=result.resumed_from, dev_history=result.history, config=cfg.to_dict(),
-        head_pooling=pooling, head_probe=probe,
+        head_pooling=pooling, head_normalize=normalize, head_probe=probe,
     )
     finish_run(run_dir, RESULTS, results)
     return results
