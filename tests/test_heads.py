@@ -84,12 +84,16 @@ def _load_elsewhere(folder: Path, texts: list[str], remote: bool, tmp_path: Path
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("pooling", ["mean", "pooler"])
-def test_saved_classifier_loads_without_metaft_with_the_same_logits(tiny_model_dir, tmp_path, pooling, capsys):
+@pytest.mark.parametrize(("pooling", "normalize"), [("mean", False), ("mean", True), ("pooler", False)])
+def test_saved_classifier_loads_without_metaft_with_the_same_logits(tiny_model_dir, tmp_path, pooling, normalize,
+                                                                     capsys):
     from metaft.cli import main
 
     tok = load_tokenizer(tiny_model_dir)
-    model = load_classifier(str(tiny_model_dir), ["neg", "pos"], pooling=pooling, seed=3).eval()
+    model = load_classifier(str(tiny_model_dir), ["neg", "pos"], pooling=pooling, seed=3, normalize=normalize).eval()
+    if normalize:  # a head fitted on unit vectors has large weights: logits of the scale a probe gives
+        with torch.no_grad():
+            model.classifier.weight.mul_(50)
     folder = tmp_path / "clf"
     save_classifier(model, folder)
     tok.save_pretrained(folder)
@@ -99,6 +103,11 @@ def test_saved_classifier_loads_without_metaft_with_the_same_logits(tiny_model_d
     # pooled heads need trust_remote_code (their code is in the folder); the HF default head needs nothing
     got = _load_elsewhere(folder, texts, remote=pooling != "pooler", tmp_path=tmp_path)
     assert torch.allclose(torch.tensor(got["logits"]), ours, atol=1e-5)
+    if pooling != "pooler":
+        assert json.loads((folder / "config.json").read_text())["normalize"] is normalize
+        model.config.normalize = not normalize  # the folder's logits are not those of the other head
+        with torch.no_grad():
+            assert not torch.allclose(torch.tensor(got["logits"]), model(**_batch(tok, texts)).logits, atol=1e-3)
     expected = ["neg" if a > b else "pos" for a, b in ours.tolist()]
     assert got["labels"] == expected
     assert got["type"] == ("MetaftPooledForSequenceClassification" if pooling == "mean"

@@ -53,7 +53,8 @@ def assert_distinct(curves: list[dict[int, dict]], steps: int = 50) -> None:
 
 @pytest.fixture(scope="module")
 def models(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
-    """The tiny BERT with every dropout at 0; ``cls``: the same declaring [CLS] pooling (sentence-transformers)."""
+    """The tiny BERT with every dropout at 0; ``cls``: the same declaring [CLS] pooling (sentence-transformers);
+    ``norm``: the same declaring mean pooling and a Normalize module (a sentence-transformers modules.json)."""
     root = tmp_path_factory.mktemp("models")
     plain = root / "plain"
     shutil.copytree(tiny_model_dir, plain)
@@ -64,7 +65,16 @@ def models(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
     shutil.copytree(plain, cls)
     (cls / "1_Pooling").mkdir()
     (cls / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
-    return {"plain": plain, "cls": cls}
+    norm = root / "norm"
+    shutil.copytree(plain, norm)
+    (norm / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    (norm / "1_Pooling").mkdir()
+    (norm / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    (norm / "2_Normalize").mkdir()
+    return {"plain": plain, "cls": cls, "norm": norm}
 
 
 def ft_cfgs(tasks, models, root: Path, tag: str) -> list[FinetuneConfig]:
@@ -165,6 +175,41 @@ def test_auto_pooling_shares_the_bank_of_the_pooling_it_resolves_to(models, tmp_
     config = model_config(str(models["cls"]))
     assert bank_key(auto, 48, 3, config) == bank_key(auto.replace(head_pooling="cls"), 48, 3, config)
     assert bank_key(auto, 48, 3, config) != bank_key(auto.replace(head_pooling="mean"), 48, 3, config)
+
+
+def test_normalised_head_runs_in_a_bank_follow_their_lone_runs(models, tmp_path):
+    """auto -> a mean head that normalises (the checkpoint's Normalize module), fresh or probe-fitted, one with
+    its own head rate: the bank applies the lone run's normalisation."""
+    tasks = [write_task(tmp_path / f"t{i}", seed=7 * i + 3) for i in range(3)]
+    runs = [dict(head="probe", seed=1), dict(head="reinit", seed=2, head_learning_rate=3e-3),
+            dict(head="probe", seed=3)]
+
+    def cfgs(tag: str) -> list[FinetuneConfig]:
+        return [ft_config(tasks[i], models["norm"], tmp_path / f"{tag}{i}", head_pooling="auto",
+                          head_normalize="auto", **COMMON, **run) for i, run in enumerate(runs)]
+
+    config = model_config(str(models["norm"]))
+    auto = cfgs("key")[0]
+    assert bank_key(auto, 48, 3, config) == bank_key(auto.replace(head_normalize="on"), 48, 3, config)
+    assert bank_key(auto, 48, 3, config) != bank_key(auto.replace(head_normalize="off"), 48, 3, config)
+    lone = [finetune(cfg) for cfg in cfgs("lone")]
+    banked = finetune_packed(cfgs("bank"), pack=3)
+    curves = []
+    for i, run in enumerate(runs):
+        curves.append(assert_follows(tmp_path / f"lone{i}", tmp_path / f"bank{i}"))
+        assert banked[i].head_pooling == lone[i].head_pooling == "mean"
+        assert banked[i].head_normalize is lone[i].head_normalize is True
+        assert banked[i].best_step == lone[i].best_step and banked[i].head_probe == lone[i].head_probe
+        assert (banked[i].head_probe is not None) == (run["head"] == "probe")
+        saved = json.loads((tmp_path / f"bank{i}" / "best" / "config.json").read_text())
+        assert saved["normalize"] is True and saved == json.loads((tmp_path / f"lone{i}" / "best" /
+                                                                   "config.json").read_text())
+    assert_distinct(curves)
+    # the same run without the normalisation trains another model: the comparison above can fail
+    off = finetune(cfgs("off")[0].replace(head_normalize="off"))
+    assert off.head_normalize is False
+    assert max(abs(rows(tmp_path / "off0", "train")[s]["loss_total"] - curves[0][s]["loss_total"])
+               for s in range(1, 50)) > 1e-2
 
 
 def test_what_still_takes_the_one_run_path():
