@@ -13,7 +13,7 @@ handful of batched kernels instead of R times the per-run ones. Everything else 
   gradient; clipping uses each run's own global norm; AdamW is elementwise, so one fused AdamW over the stacked
   tensors is R independent AdamWs (weight-decay and head-learning-rate groups as
   :func:`metaft.training.build_optimizer`);
-- the head: the architecture's own or a pooled one (``head_pooling`` mean / cls, see
+- the head: the architecture's own or a pooled one (``head_pooling`` mean / cls, normalised or not, see
   :mod:`metaft.bank_forward`), fresh, kept or warm-started (``head probe``: fitted per run as its model is
   built, before the bank starts); a kept or warm-started head is a dev candidate at step 0, as alone;
 - the learning-rate schedule is shared: a bank only holds runs with the same step count and optimiser
