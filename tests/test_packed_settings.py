@@ -298,3 +298,25 @@ def test_stage_3_from_pooled_meta_learners_in_a_bank_follows_its_lone_runs(stage
         assert banked[i].best_step == lone[i].best_step and banked[i].head_pooling == "mean"
         assert min(rows(tmp_path / f"bank{i}", "dev")) == (6 if head == "reinit" else 0)
     assert_distinct(curves)
+
+
+def test_normalised_head_meta_runs_in_a_bank_follow_their_lone_runs(models, tmp_path):
+    """Stage 2 with auto -> a normalising mean head (fresh and probe-fitted) and the domain loss."""
+    cross = write_task(tmp_path / "cross", n_train=72, n_dev=36, n_test=0, domains=("book", "movie", "product"))
+
+    def cfg(tag: str, i: int, head: str) -> MetaConfig:
+        return MetaConfig(data_dir=str(cross), model=str(models["norm"]), out=str(tmp_path / f"{tag}{i}"), epochs=6,
+                          batch_size=8, eval_batch_size=32, learning_rate=1e-3, eval_every=9, seed=i + 1,
+                          dropout=0.0, mixed_precision="no", typicality=False, domain_weight=1.0, head=head)
+
+    heads = ("probe", "reinit")
+    lone = [meta_finetune(cfg("lone", i, h)) for i, h in enumerate(heads)]
+    banked = meta_finetune_packed([cfg("bank", i, h) for i, h in enumerate(heads)], pack=2)
+    curves = []
+    for i in range(len(heads)):
+        curves.append(assert_follows(tmp_path / f"lone{i}", tmp_path / f"bank{i}", ("loss_total", "loss_cls")))
+        ra, rb = (json.loads((tmp_path / f"{t}{i}" / "meta_results.json").read_text()) for t in ("lone", "bank"))
+        assert ra["head_normalize"] is rb["head_normalize"] is True and ra["head_pooling"] == "mean"
+        assert json.loads((banked[i] / "config.json").read_text())["normalize"] is True
+        assert json.loads((lone[i] / "config.json").read_text()) == json.loads((banked[i] / "config.json").read_text())
+    assert_distinct(curves)
