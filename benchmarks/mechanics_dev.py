@@ -54,7 +54,7 @@ def setup(work: Path, seeds: list[int]) -> None:
                 compute_typicality(TypicalityConfig(data_dir=str(folder), space=space))
 
 
-def train(work: Path, seed: int, settings: list[str], head_pooling: str) -> None:
+def train(work: Path, seed: int, settings: list[str], head_pooling: str, head_normalize: str) -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -65,7 +65,7 @@ def train(work: Path, seed: int, settings: list[str], head_pooling: str) -> None
         meta = dict(SETTINGS[name])
         space = meta.pop("typicality_space", "raw")
         t0 = time.perf_counter()
-        meta_finetune(MetaConfig(**SEED_RECIPE_META, **meta, head_pooling=head_pooling,
+        meta_finetune(MetaConfig(**SEED_RECIPE_META, **meta, head_pooling=head_pooling, head_normalize=head_normalize,
                                  data_dir=str(cross_dir(work, seed, space)), out=str(out), seed=seed,
                                  task_name="g1", resume=out.exists()))
         res = json.loads((out / "meta_results.json").read_text(encoding="utf-8"))
@@ -182,6 +182,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[42, 13])
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--head-pooling", default="pooler", help="the meta stage's classification head")
+    ap.add_argument("--head-normalize", default="off", help="the meta stage's head normalisation")
     ap.add_argument("--work", default="runs/mechanics-dev")
     ap.add_argument("--out", default="benchmarks/results/mechanics-dev.json")
     args = ap.parse_args()
@@ -189,7 +190,7 @@ def main() -> None:
     if args.what == "setup":
         setup(work, args.seeds)
     elif args.what == "train":
-        train(work, args.seed, args.settings, args.head_pooling)
+        train(work, args.seed, args.settings, args.head_pooling, args.head_normalize)
     elif args.what == "typicality":
         print(json.dumps(typicality_variants(work, args.seeds), indent=1))
     else:
