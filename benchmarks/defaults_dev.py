@@ -21,10 +21,11 @@ SEEDS = (13, 42, 87, 21, 100)
 DOMAINS = ("SST-2", "MR", "CR")
 RECIPE = ["--epochs", "64", "--batch-size", "2", "--lr", "1e-5", "--eval-every", "50", "--model", "minilm"]
 CONFIGS = {  # name -> extra flags of `metaft finetune`
-    "current": ["--head-pooling", "pooler", "--head", "reinit"],
-    "mean-probe": ["--head-pooling", "mean", "--head", "probe"],
-    "mean-probe-headlr10": ["--head-pooling", "mean", "--head", "probe", "--head-lr", "1e-4"],
-    "current-headlr10": ["--head-pooling", "pooler", "--head", "reinit", "--head-lr", "1e-4"],
+    "current": ["--head-pooling", "pooler", "--head", "reinit", "--head-normalize", "off"],
+    "mean-probe": ["--head-pooling", "mean", "--head", "probe", "--head-normalize", "off"],
+    "mean-probe-headlr10": ["--head-pooling", "mean", "--head", "probe", "--head-normalize", "off", "--head-lr", "1e-4"],
+    "current-headlr10": ["--head-pooling", "pooler", "--head", "reinit", "--head-normalize", "off", "--head-lr", "1e-4"],
+    "mean-norm-probe": ["--head-pooling", "mean", "--head", "probe", "--head-normalize", "on"],
 }
 OUT = Path(__file__).parent / "results"
 
