@@ -247,7 +247,7 @@ def old_study(tmp_path) -> Path:
     """A study folder as the previous version wrote it: the flat config.json of the committed g1 study."""
     run = tmp_path / "g1"
     run.mkdir()
-    shutil.copy(ROOT / "benchmarks" / "results" / "g1" / "config.json", run / "config.json")
+    shutil.copy(ROOT / "benchmarks" / "results" / "g1-reference-behaviour" / "config.json", run / "config.json")
     return run
 
 
