@@ -30,19 +30,22 @@ CONFIGS = {  # name -> extra flags of `metaft finetune`
 OUT = Path(__file__).parent / "results"
 
 
-def run(config: str, data: Path, runs: Path, extra_env: dict[str, str]) -> None:
-    for seed in SEEDS:
-        for domain in DOMAINS:
-            out = runs / config / f"{domain}-{seed}"
-            if (out / "results.json").is_file():
-                continue
-            cmd = [sys.executable, "-m", "metaft", "finetune", "--data-dir",
-                   str(data / "k-shot-single" / domain / f"16-{seed}"), "--seed", str(seed), "--out", str(out),
-                   *RECIPE, *CONFIGS[config]]
-            if out.is_dir():
-                cmd.append("--resume")
-            print(" ".join(cmd), flush=True)
-            subprocess.run(cmd, check=True, env={**os.environ, **extra_env})
+def run(config: str, data: Path, runs: Path, extra_env: dict[str, str], backwards: bool = False) -> None:
+    """Every split in turn (``backwards``: from the last, so a second process can share the work)."""
+    splits = [(seed, domain) for seed in SEEDS for domain in DOMAINS]
+    for seed, domain in reversed(splits) if backwards else splits:
+        out = runs / config / f"{domain}-{seed}"
+        if (out / "results.json").is_file():
+            continue
+        if backwards and out.is_dir():
+            return  # the forward process has got here
+        cmd = [sys.executable, "-m", "metaft", "finetune", "--data-dir",
+               str(data / "k-shot-single" / domain / f"16-{seed}"), "--seed", str(seed), "--out", str(out),
+               *RECIPE, *CONFIGS[config]]
+        if out.is_dir():
+            cmd.append("--resume")
+        print(" ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, env={**os.environ, **extra_env})
 
 
 def collect(runs: Path) -> dict:
@@ -85,11 +88,12 @@ def main() -> None:
     p.add_argument("--data", type=Path)
     p.add_argument("--runs", type=Path, required=True)
     p.add_argument("--pythonpath", default=None, help="run metaft from these sources")
+    p.add_argument("--backwards", action="store_true", help="run: start from the last split (a second process)")
     p.add_argument("--frozen-lr", type=Path, default=None,
                    help="collect: a JSON list of probe.frozen_lr_reference results (one per seed and domain)")
     a = p.parse_args()
     if a.what == "run":
-        run(a.config, a.data, a.runs, {"PYTHONPATH": a.pythonpath} if a.pythonpath else {})
+        run(a.config, a.data, a.runs, {"PYTHONPATH": a.pythonpath} if a.pythonpath else {}, a.backwards)
     else:
         data = collect(a.runs)
         data["paired_with_current"] = paired_summary(data)
