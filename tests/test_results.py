@@ -44,7 +44,7 @@ def test_older_and_newer_files_still_read(tmp_path):
     assert read_finetune_result(tmp_path / "cut.json") is None
 
 
-@pytest.mark.parametrize("study", ["g1", "amazon", "g1-seed42-quickstart"])
+@pytest.mark.parametrize("study", ["g1-reference-behaviour", "amazon", "g1-seed42-quickstart"])
 def test_committed_studies_read_and_write_back_unchanged(study, tmp_path):
     source = RESULTS_DIR / study / "study.json"
     typed = read_study(source)
