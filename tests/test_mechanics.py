@@ -116,9 +116,10 @@ def test_settings_are_validated_and_the_cli_maps_on_off(tmp_path):
     with pytest.raises(ConfigError, match="space"):
         TypicalityConfig(space="unit")
     args = build_parser().parse_args(["meta-finetune", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"),
-                                      "--corruption", "uniform", "--no-domain-embedding"])
+                                      "--corruption", "permute", "--domain-embedding"])  # the reference's
     cfg = make_config(args, MetaConfig, "meta")
-    assert cfg.corruption == "uniform" and cfg.domain_embedding is False
+    assert cfg.corruption == "permute" and cfg.domain_embedding is True
+    assert (MetaConfig().corruption, MetaConfig().domain_embedding) == ("uniform", False)  # the defaults
     assert build_parser().parse_args(["run", "--label-noise", "0.2"]).label_noise in ("0.2", 0.2)
     assert StudyConfig.from_dict({"label_noise": 0.2}).ablations == ("no-typicality",)
     with pytest.raises(ConfigError, match="label_noise"):

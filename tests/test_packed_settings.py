@@ -229,8 +229,8 @@ def test_gpu_banks_are_capped_and_save_their_state_less_often():
 
 # ---------------------------------------------------------------------------------------------- stage 2
 
-META = {"uniform-probe": dict(domain_loss="corrupt", corruption="uniform", head="probe"),
-        "no-embedding": dict(domain_loss="corrupt", domain_embedding=False),
+META = {"uniform-probe": dict(domain_loss="corrupt", corruption="uniform", domain_embedding=True, head="probe"),
+        "no-embedding": dict(domain_loss="corrupt", corruption="permute", domain_embedding=False),
         "uniform-no-embedding": dict(domain_loss="corrupt", corruption="uniform", domain_embedding=False),
         "grl-probe": dict(domain_loss="grl", head="probe")}
 
@@ -273,8 +273,7 @@ def test_uniform_corruption_and_no_embedding_runs_in_a_bank_follow_their_lone_ru
         assert json.loads((a / "config.json").read_text()) == json.loads((b / "config.json").read_text())
         heads = [load_file(str(d / "domain_head.safetensors")) for d in (a, b)]
         assert heads[0].keys() == heads[1].keys()
-        assert ("embedding.weight" in heads[1]) == (META[variant].get("domain_embedding", True)
-                                                     and variant != "grl-probe")
+        assert ("embedding.weight" in heads[1]) == META[variant].get("domain_embedding", False)
     meta = json.loads((banked[0] / "metaft_meta.json").read_text())
     assert meta["corruption"] == "uniform" and meta["domain_embedding"] is True
     assert_distinct(curves)

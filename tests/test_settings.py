@@ -29,6 +29,8 @@ from metaft.settings import from_args, parse_text
 ROOT = Path(__file__).parents[1]
 REFERENCE = {"head_pooling": "pooler", "head": "reinit", "head_normalize": "off"}  # the reference head, spelled out
 REFERENCE_FLAGS = ["--head-pooling", "pooler", "--head", "reinit", "--head-normalize", "off"]
+REFERENCE_META = {"corruption": "permute", "domain_embedding": True}  # and its domain corruption
+REFERENCE_META_FLAGS = ["--corruption", "permute", "--domain-embedding"]
 
 
 def parse(*argv: str):
@@ -255,10 +257,12 @@ def test_a_study_folder_of_the_previous_version_resumes_with_the_same_settings(o
     from metaft.study import check_same_study
 
     new = study_config_from(config_from_file(ROOT / "benchmarks" / "configs" / "g1.yaml"), {"out": str(old_study)})
-    # its config.json predates the head settings: it ran the reference head, which today's defaults are not
+    # its config.json predates the head and corruption settings: it ran the reference behaviour, today's defaults
+    # do not
     with pytest.raises(ConfigError, match=r"finetune.head: 'reinit' -> 'probe', finetune.head_normalize: 'off' "
                                           r"-> 'auto', finetune.head_pooling: 'pooler' -> 'auto', "
-                                          r"meta.head_normalize: 'off' -> 'auto', meta.head_pooling: 'pooler' "
+                                          r"meta.corruption: 'permute' -> 'uniform', meta.domain_embedding: True -> "
+                                          r"False, meta.head_normalize: 'off' -> 'auto', meta.head_pooling: 'pooler' "
                                           r"-> 'auto'\)"):
         check_same_study(old_study, new)
     cfg = reference_behaviour(new)
@@ -292,20 +296,26 @@ def test_the_heads_default_to_the_pooled_probe_and_the_reference_head_is_one_map
 
     ft, meta = FinetuneConfig(), MetaConfig()
     assert (ft.head_pooling, ft.head, meta.head_pooling, meta.head) == ("auto", "probe", "auto", "reinit")
+    assert (meta.corruption, meta.domain_embedding) == ("uniform", False)
+    assert REFERENCE_BEHAVIOUR == {**REFERENCE, **REFERENCE_META}
     ref = reference_behaviour(ft)
-    assert {k: getattr(ref, k) for k in REFERENCE_BEHAVIOUR} == REFERENCE
+    assert {k: getattr(ref, k) for k in REFERENCE} == REFERENCE
+    ref = reference_behaviour(meta)
+    assert {k: getattr(ref, k) for k in REFERENCE_BEHAVIOUR} == REFERENCE_BEHAVIOUR
     study = reference_behaviour(StudyConfig())
     assert (study.meta.head_pooling, study.meta.head, study.finetune.head_pooling, study.finetune.head) == (
         "pooler", "reinit", "pooler", "reinit")
     assert study.meta.head_normalize == study.finetune.head_normalize == "off"
     assert study.finetune.epochs == 64  # the rest of the section is kept
-    for command, cls in (("finetune", FinetuneConfig), ("meta-finetune", MetaConfig)):
-        args = build_parser().parse_args([command, "--data-dir", "d", *REFERENCE_FLAGS])
-        assert {k: getattr(make_config(args, cls, command), k) for k in REFERENCE} == REFERENCE
+    for command, cls, ref, flags in (("finetune", FinetuneConfig, REFERENCE, REFERENCE_FLAGS),
+                                     ("meta-finetune", MetaConfig, {**REFERENCE, **REFERENCE_META},
+                                      REFERENCE_FLAGS + REFERENCE_META_FLAGS)):
+        args = build_parser().parse_args([command, "--data-dir", "d", *flags])
+        assert {k: getattr(make_config(args, cls, command), k) for k in ref} == ref
         with pytest.raises(SystemExit):
             main([command, "--help"])
         help_text = " ".join(capsys.readouterr().out.split())
-        assert "the reference system's head: add " + " ".join(REFERENCE_FLAGS) in help_text
+        assert "the reference system's: add " + " ".join(flags) in help_text
 
 
 @pytest.mark.parametrize("cls", [FinetuneConfig, MetaConfig])
@@ -320,7 +330,8 @@ def test_a_run_saved_before_the_new_head_defaults_resumes_only_with_the_referenc
     (tmp_path / CONFIG_FILE).write_text(json.dumps(saved))
     check_same_config(tmp_path, reference_behaviour(cls(out=str(tmp_path), resume=True)))  # resumes
     changed = "head: 'reinit' -> 'probe', head_normalize: 'off' -> 'auto', head_pooling: 'pooler' -> 'auto'" if (
-        cls is FinetuneConfig) else "head_normalize: 'off' -> 'auto', head_pooling: 'pooler' -> 'auto'"
+        cls is FinetuneConfig) else ("corruption: 'permute' -> 'uniform', domain_embedding: True -> False, "
+                                     "head_normalize: 'off' -> 'auto', head_pooling: 'pooler' -> 'auto'")
     with pytest.raises(ConfigError, match=f"cannot resume with different settings \\({changed}\\)"):
         check_same_config(tmp_path, cls(out=str(tmp_path), resume=True))
 

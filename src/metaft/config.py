@@ -47,13 +47,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
 ABLATIONS = tuple(v for v in VARIANTS if v != "mft")
 Ablation = Literal[ABLATIONS]  # noqa: F821 - the names of VARIANTS, not spelled twice
 
-# The reference few-shot recipe ([OF] README), a study's default (not tuned on any split); the learning rates
-# are the stages' own defaults.
+# The reference few-shot recipe ([OF] README), a study's default (not tuned); learning rates: the stages' defaults
 SEED_RECIPE_META = {"epochs": 63, "batch_size": 4, "eval_every": 100}
 SEED_RECIPE_FINETUNE = {"epochs": 64, "batch_size": 2, "eval_every": 50}
-# The reference system's behaviour where metaft's defaults (chosen on dev sets) differ: its classification head.
-# Stages 2 and 3 run it with these settings (reference_behaviour(); head_normalize off = auto for a pooler head).
-REFERENCE_BEHAVIOUR: dict[str, Any] = {"head_pooling": "pooler", "head": "reinit", "head_normalize": "off"}
+# The reference system's behaviour where metaft's defaults (chosen on dev sets) differ: its classification head and
+# domain-corruption targets (reference_behaviour(); head_normalize off = auto for a pooler head).
+REFERENCE_HEAD: dict[str, Any] = {"head_pooling": "pooler", "head": "reinit", "head_normalize": "off"}
+REFERENCE_BEHAVIOUR: dict[str, Any] = {**REFERENCE_HEAD, "corruption": "permute", "domain_embedding": True}
 
 
 def _ablations(value: Any) -> Any:
@@ -67,8 +67,7 @@ def _ablations(value: Any) -> Any:
     return names
 
 
-def _on_off(value: Any) -> Any:
-    """``on`` / ``off`` (the words of the issue and the guide) for a boolean setting."""
+def _on_off(value: Any) -> Any:  # ``on`` / ``off`` (the guide's words) for a boolean setting
     return {"on": True, "off": False}.get(value, value) if isinstance(value, str) else value
 
 
@@ -188,7 +187,7 @@ class TrainSettings(EncoderSettings):
 
     MANAGED: ClassVar[dict[str, str]] = _STUDY_MANAGED
     # what a run saved before a setting existed did (the reference head): a new default is no old behaviour
-    BEFORE_SETTING: ClassVar[dict[str, Any]] = dict(REFERENCE_BEHAVIOUR)
+    BEFORE_SETTING: ClassVar[dict[str, Any]] = dict(REFERENCE_HEAD)
 
     epochs: float = setting(3.0, gt=0, flags=("--epochs", "--num_epochs"), help="epochs, may be fractional")
     batch_size: int = setting(8, gt=0, flags=("--batch-size", "--batch_size_per_device"),
@@ -269,12 +268,13 @@ class MetaSettings(TrainSettings):
     domain_loss: DomainLoss = setting("corrupt", help="corrupt = the paper's domain corruption, grl = "
                                                       "gradient-reversal ablation, none = no domain loss")
     domain_weight: float = setting(0.1, ge=0, help="lambda, the weight of the domain loss")
-    corruption: Corruption = setting("permute", help="corrupted domain labels: permute = the reference code's "
-                                     "in-batch permutation (at small batches it often keeps the true domain), "
-                                     "uniform = drawn independently of the true domain, uniformly over the group's")
-    domain_embedding: bool = setting(True, parse=_on_off, flags=("--no-domain-embedding",),
-                                     help="leave out the domain head's true-domain embedding (on by default, the "
-                                          "reference head: it lets the head fit the target without the encoder); "
+    BEFORE_SETTING: ClassVar[dict[str, Any]] = {**TrainSettings.BEFORE_SETTING, **REFERENCE_BEHAVIOUR}
+    corruption: Corruption = setting("uniform", help="corrupted domain labels: uniform = drawn independently of "
+                                     "the true domain, uniformly over the group's; permute = the reference code's "
+                                     "in-batch permutation (at small batches it often keeps the true domain)")
+    domain_embedding: bool = setting(False, parse=_on_off, flags=("--domain-embedding",),
+                                     help="give the domain head a learned embedding of the true domain (the "
+                                          "reference head; it lets the head fit the target without the encoder); "
                                           "in files and --meta: domain_embedding=on|off")
     domain_layers: tuple[int, ...] = setting((), ge=0, nargs=None, help="0-based encoder layers of the domain "
                                              "loss, e.g. 2,5,8,11 (default: 4 evenly spaced ending at the last)")

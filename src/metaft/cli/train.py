@@ -43,16 +43,17 @@ The baseline MFT must beat: the same command with --model minilm (the raw pre-tr
 """
 
 REFERENCE_EPILOG = """
-The head defaults were chosen on dev sets; the reference system's head: add {flags}
+The head and domain-corruption defaults were chosen on dev sets; the reference system's: add {flags}
 """
 
 ONEFLOW_ONLY = ("gpu_num_per_node", "node_num", "num_nodes", "loss_print_every_n_iter", "log_dir")
 
 
 def reference_flags(cls) -> str:
-    """The command-line flags of :data:`REFERENCE_BEHAVIOUR` (the reference system's head)."""
+    """The command-line flags of :data:`REFERENCE_BEHAVIOUR` (a boolean's flag alone: it sets the value)."""
     fields = field_map(cls)
-    return " ".join(f"{(fields[k].metadata['flags'] or ('--' + k.replace('_', '-'),))[0]} {v}"
+    flag = {k: (fields[k].metadata["flags"] or ("--" + k.replace("_", "-"),))[0] for k in fields}
+    return " ".join(flag[k] if isinstance(v, bool) else f"{flag[k]} {v}"
                     for k, v in REFERENCE_BEHAVIOUR.items() if k in fields)
 
 
