@@ -6,8 +6,9 @@
 #   back in float32) and the g1 corpora, packed. (all-mpnet-base-v2 is 438 MB even in half precision: more than
 #   a call can carry, so its study runs on CPU.)
 # There, one `run` call with carry [".gpu-carry"] and timeout_s 600:   bash benchmarks/gpu_session.sh run
-#   (extra arguments go to every `metaft run`; a CPU smoke test of this path: OUT=/tmp/smoke bash
-#   benchmarks/gpu_session.sh run --meta epochs=0.02 --finetune epochs=0.05)
+#   (extra arguments go to every `metaft run`; a CPU smoke test of this path, 2 min here, packed.py failing for
+#   want of CUDA: OUT=/tmp/smoke bash benchmarks/gpu_session.sh run --seeds 42 --ablations no-typicality
+#   --meta epochs=0.02 --finetune epochs=0.05 --finetune test_limit=40)
 #   (1) benchmarks/packed.py speed --study-units --device cuda: g1 stage-3 study units per hour, one unit at a
 #       time vs banks of 8 / 32 runs in lock step (issue 17), on the half-precision copy (90 s cap);
 #   (2) the 20-seed g1 study (benchmarks/configs/g1-20seeds.yaml, packed: --pack auto), as far as 330 s go;
