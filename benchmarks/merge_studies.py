@@ -1,0 +1,75 @@
+"""Merge study folders of one study run in parts (disjoint seeds, the same settings) into one study folder, and
+write its report: e.g. the 20-seed g1 study as the 5-seed g1 study plus a run of the 15 other seeds.
+
+    python benchmarks/merge_studies.py OUT STUDY_DIR STUDY_DIR... [--complete-seeds]
+
+Each part's ``study.json`` is read (``--complete-seeds``: only its seeds whose every unit finished); the parts
+must agree on every setting but the seeds and how they were run (out, pack, jobs, force), and no seed may be in
+two parts. OUT gets ``study.json``, ``config.json`` (the first part's, with the union of seeds in order),
+``report.md`` and the plots. The machine line lists each part's machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from metaft.errors import DataError
+from metaft.fileio import write_json
+from metaft.report import complete_seeds, write_report
+from metaft.results import StudyResults, read_study, write_study
+
+RUN_ONLY = ("seeds", "out", "pack", "jobs", "force")  # config keys that may differ between parts
+
+
+def seeds_of(study: StudyResults) -> list[int]:
+    """The seeds with at least one finished unit, in plan order."""
+    return list(dict.fromkeys(u.seed for u in study.units))
+
+
+def merge(parts: list[tuple[Path, StudyResults]]) -> StudyResults:
+    """One study of every part's records; DataError naming the part whose settings or seeds clash."""
+    (first_dir, first), seen = parts[0], {}
+    shared = {k: v for k, v in first.config.items() if k not in RUN_ONLY}
+    for path, study in parts:
+        other = {k: v for k, v in study.config.items() if k not in RUN_ONLY}
+        differ = sorted(k for k in shared.keys() | other.keys() if shared.get(k) != other.get(k))
+        if differ:
+            raise DataError(path / "study.json", f"settings differ from {first_dir}: {', '.join(differ)}")
+        for seed in seeds_of(study):
+            if seed in seen:
+                raise DataError(path / "study.json", f"seed {seed} is also in {seen[seed]}")
+            seen[seed] = path
+    lists = {f.name: [x for _, s in parts for x in getattr(s, f.name)]
+             for f in dataclasses.fields(StudyResults) if isinstance(getattr(first, f.name), list)}
+    machines = "; ".join(dict.fromkeys(s.machine.get("description", "unknown") for _, s in parts))
+    config = {**first.config, "seeds": list(seen)}
+    return dataclasses.replace(first, config=config, machine={**first.machine, "description": machines}, **lists)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out", type=Path)
+    p.add_argument("parts", type=Path, nargs="+")
+    p.add_argument("--complete-seeds", action="store_true", help="only each part's seeds whose units all finished")
+    args = p.parse_args(argv)
+    parts = []
+    for path in args.parts:
+        study = read_study(path / "study.json")
+        parts.append((path, study.only_seeds(complete_seeds(study)) if args.complete_seeds else study))
+    try:
+        merged = merge(parts)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_study(args.out / "study.json", merged)
+    write_json(args.out / "config.json", merged.config)
+    print(f"{len(merged.config['seeds'])} seeds, {len(merged.units)} units -> {write_report(args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
