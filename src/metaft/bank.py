@@ -1,13 +1,15 @@
 """A bank: R independent training runs of one architecture advanced in lock step, one forward/backward a step.
 
 The runs' parameters are stacked along a new leading dimension ([R, ...] per tensor) and the model runs once
-per step under ``torch.func.vmap`` over them (``functional_call`` on one template module), so a step costs a
-handful of batched kernels instead of R times the per-run ones. Everything else stays per run:
+per step over all of them: for BERT-family classifiers as batched kernels written on the stacked tensors
+(:mod:`metaft.grouped_bert`), for other architectures under ``torch.func.vmap`` (``functional_call`` on one
+template module), so a step costs one set of batched kernels instead of R times the per-run ones. Everything
+else stays per run:
 
 - data: each run's batch of the step comes from its own seeded epoch permutation (the one-run path's
   :func:`metaft.training.epoch_permutation` / :func:`metaft.training.step_batch`); batches are padded to the
   widest run's width (padding is masked out, so only float rounding changes);
-- dropout: ``vmap(randomness="different")``: every run draws its own masks (a lone run's masks cannot be
+- dropout: masks drawn over the stacked tensors (``vmap(randomness="different")``): every run draws its own (a lone run's masks cannot be
   reproduced, so equivalence with the one-run path holds at dropout 0);
 - the loss of run r depends on run r's parameters only, so the gradient of the summed loss is each run's own
   gradient; clipping uses each run's own global norm; AdamW is elementwise, so one fused AdamW over the stacked
@@ -47,15 +49,16 @@ import torch
 from torch import nn
 from torch.func import vmap
 
-from .bank_forward import adamw_groups, classifier_output
+from .bank_forward import adamw_groups, classifier_output, within
 from .checkpoints import append_metrics, save_bank_state
 from .devices import make_accelerator
 from .errors import ConfigError
 from .evaluation import NonFiniteError, evaluate
 from .features import MODEL_INPUT_KEYS, Collator, EncodedDataset, eval_loader
 from .fileio import save_atomic
+from .grouped_bert import grouped_output, supports
 from .heads import head_parameters
-from .losses import weighted_cross_entropy
+from .losses import run_cross_entropy
 from .steps import build_scheduler, epoch_permutation, group_by_length, planned_steps, step_batch
 
 logger = logging.getLogger(__name__)
@@ -88,8 +91,10 @@ def save_interval(save_state_every_s: float, device: torch.device) -> float:
 class Bank:
     """Stacked parameters, one fused AdamW and one schedule for the runs of ``members`` (same settings)."""
 
+    prefix = ""  # where the sequence classifier's parameters are among the template's
+
     def __init__(self, members: list[Member], device: torch.device | None = None, state_dir: Path | None = None,
-                 identity: dict | None = None):
+                 identity: dict | None = None, grouped: bool | None = None):
         cfg = members[0].cfg
         if cfg.mixed_precision == "fp16":
             raise ConfigError("packed training supports mixed_precision no or bf16, not fp16 (no loss scaling "
@@ -114,7 +119,8 @@ class Bank:
         self.dev_loaders = [eval_loader(m.dev_set, cfg.eval_batch_size, self.acc, multiple, cfg.pad_to_length)
                             for m in members]
         self._perms: list[tuple[int, list[int]] | None] = [None] * self.size
-        self.forward = vmap(self._run_loss, randomness="different")
+        # the grouped forward where the architecture has one (None: auto), else vmap
+        self.grouped = supports(self.hf_model(self.template)) if grouped is None else grouped
         self.step, self.elapsed0 = 0, 0.0
         self.state_dir, self.identity = state_dir, identity or {}
         self.diverged: dict[int, str] = {}  # run -> why it was stopped
@@ -156,10 +162,19 @@ class Bank:
         return sum(p[0].numel() for p in self.params.values())
 
     # -- one step
-    def _run_loss(self, params: dict, inputs: dict, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """One run's loss (vmapped over the runs)."""
-        logits, _ = classifier_output(self.template, params, self.buffers, inputs, mask)
-        return weighted_cross_entropy(logits, labels)
+    def outputs(self, stacked: dict[str, torch.Tensor], hidden_states: bool = False) -> tuple[torch.Tensor, tuple | None]:
+        """Every run's class logits [R, B, C] (and hidden states, [R, B, T, H] per layer, when asked)."""
+        model, params = self.hf_model(self.template), within(self.params, self.prefix)
+        if self.grouped:
+            return grouped_output(model, params, {k: stacked[k] for k in MODEL_INPUT_KEYS if k in stacked},
+                                  hidden_states)
+        buffers = within(self.buffers, self.prefix)
+
+        def one(p: dict, inputs: dict, mask: torch.Tensor):
+            logits, states = classifier_output(model, p, buffers, inputs, mask, hidden_states)
+            return (logits, states) if hidden_states else logits
+        out = vmap(one, randomness="different")(params, self.model_inputs(stacked), stacked["attention_mask"])
+        return out if hidden_states else (out, None)
 
     def _indices(self, r: int, step: int) -> list[int]:
         epoch, pos = divmod(step, self.steps_per_epoch)
@@ -197,7 +212,7 @@ class Bank:
 
     def losses(self, stacked: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each run's loss parts, [R] each, with ``total`` the one to minimise (stage 3: cross-entropy)."""
-        loss = self.forward(self.params, self.model_inputs(stacked), stacked["labels"], stacked["attention_mask"])
+        loss = run_cross_entropy(self.outputs(stacked)[0], stacked["labels"])
         return {"cls": loss, "total": loss}
 
     def train_step(self) -> list[dict[str, float]]:
@@ -357,6 +372,14 @@ class Bank:
             self.state_saved_at = time.monotonic()
 
     # -- the loop
+    def log_step(self, logged: list[dict[str, float]], elapsed_s: float) -> None:
+        """Append the step's training record to the metrics.jsonl of every run still going."""
+        for r, (member, values) in enumerate(zip(self.members, logged)):
+            if r not in self.diverged:
+                append_metrics(member.run_dir, {"kind": "train", "step": self.step,
+                                                "epoch": self.step / self.steps_per_epoch,
+                                                "elapsed_s": round(elapsed_s, 3), **values})
+
     def train(self) -> float:
         """Train every run to its end (or until it is stopped), evaluating and checkpointing as the one-run loop
         does; returns the bank's training time in seconds, earlier sessions of a resumed bank included."""
@@ -368,12 +391,7 @@ class Bank:
         if self.step == 0 and first:
             self.evaluate_and_checkpoint(elapsed(), first)
         while self.step < self.total_steps and len(self.diverged) < self.size:
-            logged = self.train_step()
-            for r, (member, values) in enumerate(zip(self.members, logged)):
-                if r not in self.diverged:
-                    append_metrics(member.run_dir, {"kind": "train", "step": self.step,
-                                                    "epoch": self.step / self.steps_per_epoch,
-                                                    "elapsed_s": round(elapsed(), 3), **values})
+            self.log_step(self.train_step(), elapsed())
             if self.step % every == 0 or self.step == self.total_steps:
                 self.evaluate_and_checkpoint(elapsed())
         return elapsed()

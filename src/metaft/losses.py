@@ -31,6 +31,16 @@ def weighted_cross_entropy(
     return (weights.to(per_example.dtype) * per_example).mean()
 
 
+def run_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`weighted_cross_entropy` of every run of a bank at once: logits [R, B, C], labels / weights [R, B]
+    -> [R]."""
+    per_example = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none")
+    per_example = per_example.view(labels.shape)
+    if weights is not None:
+        per_example = weights.to(per_example.dtype) * per_example
+    return per_example.mean(-1)
+
+
 def _check_domain_logits(domain_logits: torch.Tensor, domains: torch.Tensor) -> None:
     if domain_logits.dim() != 3 or domains.shape != domain_logits.shape[1:2]:
         raise ValueError(

@@ -24,19 +24,17 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch.func import vmap
 
 from .bank import Bank, Member
 from .bank_forward import classifier_output, within
 from .bank_plan import bank_key, model_config
 from .config import MetaConfig
 from .features import MODEL_INPUT_KEYS, EncodedDataset
+from .grouped_bert import linear, lookup, masked_mean
 from .heads import resolve_normalize, resolve_pooling
 from .hub import load_tokenizer, usable_max_length
-from .losses import corrupted_domain_targets, grl_coefficient, weighted_cross_entropy
+from .losses import corrupted_domain_targets, grl_coefficient, run_cross_entropy
 from .modeling import DomainHead, MetaLearner, default_domain_layers
-from .pooling import masked_mean
 from .prepared import label_set, read_split, task_name_for
 from .results import META_RESULTS, SNAPSHOT_PREFIX, MetaResult, read_meta_result
 from .steps import seeded, step_generator
@@ -50,6 +48,8 @@ META_PER_RUN = ("domain_loss", "domain_weight", "typicality", "typicality_norm",
 class MetaBank(Bank):
     """A bank of meta-learners (:class:`metaft.modeling.MetaLearner`) with per-run loss coefficients."""
 
+    prefix = CLS
+
     def __init__(self, members: list[Member], device: torch.device | None = None, **state):
         super().__init__(members, device, **state)
         self.cls_buffers = within(self.buffers, CLS)
@@ -60,7 +60,6 @@ class MetaBank(Bank):
                        "corrupt": as_tensor([k == "corrupt" for k in kinds]),
                        "grl": as_tensor([k == "grl" for k in kinds]),
                        "embed": as_tensor([k == "corrupt" and m.cfg.domain_embedding for k, m in zip(kinds, members)])}
-        self.meta_forward = vmap(self._meta_loss, randomness="different")
 
     def make_template(self, model: MetaLearner) -> MetaLearner:
         cfg, n_layers = self.members[0].cfg, model.classifier.config.num_hidden_layers
@@ -73,38 +72,32 @@ class MetaBank(Bank):
     def hf_model(model: MetaLearner):
         return model.classifier
 
-    def _meta_loss(self, params: dict, inputs: dict, extra: dict) -> tuple[torch.Tensor, ...]:
-        """One run's (cls, domain, total) losses (vmapped over the runs)."""
-        class_logits, hidden_states = classifier_output(self.template.classifier, within(params, CLS),
-                                                        self.cls_buffers, inputs, extra["mask"], hidden_states=True)
-        weights = torch.where(extra["use_weights"], extra["weights"], torch.ones_like(extra["weights"]))
-        cls = weighted_cross_entropy(class_logits, extra["labels"], weights)
-        emb = F.embedding(extra["domains"], params["domain_head.embedding.weight"])
+    def losses(self, stacked: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every run's (cls, domain, total) losses, [R] each, computed for all runs at once."""
+        coeff = grl_coefficient(self.step / self.total_steps)
+        domains, mask, c = stacked["domains"], stacked["attention_mask"], self.coeffs
+        targets = torch.stack([
+            corrupted_domain_targets(domains[r].cpu(), len(self.layers), step_generator(m.cfg.seed, self.step),
+                                     m.cfg.corruption, len(self.domains))
+            if m.cfg.domain_loss == "corrupt" else torch.zeros(len(self.layers), domains.shape[1], dtype=torch.long)
+            for r, m in enumerate(self.members)]).to(self.device)  # [R, L, B]
+        class_logits, hidden_states = self.outputs(stacked, hidden_states=True)
+        weights = torch.where(c["use_weights"][:, None], stacked["weights"], torch.ones_like(stacked["weights"]))
+        cls = run_cross_entropy(class_logits, stacked["labels"], weights)
+        column = lambda v: v.view(-1, 1, 1)  # noqa: E731  [R] -> [R, 1, 1]
+        reverse = column(torch.where(c["grl"] > 0, -coeff, 1.0))
+        emb = column(c["embed"]) * lookup(self.params["domain_head.embedding.weight"], domains)
         logits = []
         for layer in self.layers:
-            h = masked_mean(hidden_states[layer + 1], extra["mask"])
-            h = h.detach() + extra["reverse"] * (h - h.detach())  # value h; gradient x reverse
-            h = h + extra["embed"] * emb
-            logits.append(F.linear(h, params["domain_head.classifier.weight"], params["domain_head.classifier.bias"]))
-        flat = torch.stack(logits).float().reshape(-1, len(self.domains))  # [L * B, K]
-        corrupt = F.cross_entropy(flat, extra["targets"].reshape(-1))
-        adversarial = F.cross_entropy(flat, extra["domains"].repeat(len(self.layers)))
-        domain = extra["corrupt"] * corrupt + extra["grl"] * adversarial
-        return cls, domain, cls + extra["lam"] * domain
-
-    def losses(self, stacked: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        coeff = grl_coefficient(self.step / self.total_steps)
-        targets = torch.stack([
-            corrupted_domain_targets(stacked["domains"][r].cpu(), len(self.layers),
-                                     step_generator(m.cfg.seed, self.step), m.cfg.corruption, len(self.domains))
-            if m.cfg.domain_loss == "corrupt" else torch.zeros(len(self.layers), stacked["domains"].shape[1],
-                                                                dtype=torch.long)
-            for r, m in enumerate(self.members)]).to(self.device)
-        extra = {**self.coeffs, "reverse": torch.where(self.coeffs["grl"] > 0, -coeff, 1.0),
-                 "labels": stacked["labels"], "weights": stacked["weights"], "domains": stacked["domains"],
-                 "mask": stacked["attention_mask"], "targets": targets}
-        cls, domain, total = self.meta_forward(self.params, self.model_inputs(stacked), extra)
-        return {"cls": cls, "domain": domain, "total": total}
+            h = masked_mean(hidden_states[layer + 1], mask)
+            h = h.detach() + reverse * (h - h.detach())  # value h; gradient x reverse
+            logits.append(linear(h + emb, self.params["domain_head.classifier.weight"],
+                                 self.params["domain_head.classifier.bias"]))
+        flat = torch.stack(logits, 1).flatten(1, 2)  # [R, L * B, K], layer-major as alone
+        corrupt = run_cross_entropy(flat, targets.flatten(1))
+        adversarial = run_cross_entropy(flat, domains.repeat(1, len(self.layers)))
+        domain = c["corrupt"] * corrupt + c["grl"] * adversarial
+        return {"cls": cls, "domain": domain, "total": cls + c["lam"] * domain}
 
     def eval_logits(self, model: MetaLearner, params: dict, batch: dict) -> torch.Tensor:
         inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}

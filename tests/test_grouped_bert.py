@@ -1,0 +1,111 @@
+"""The grouped BERT forward of a bank (metaft.grouped_bert) computes what the vmap path computes: logits, hidden
+states and gradients of every run, for every head kind a bank trains, with padding and token type ids."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+from metaft.bank import Bank
+from metaft.bank_forward import classifier_output
+from metaft.grouped_bert import grouped_output, supports
+from metaft.modeling import load_classifier
+
+RUNS, BATCH, WIDTH = 3, 4, 9
+HEADS = [("pooler", False), ("mean", False), ("mean", True), ("cls", False), ("cls", True)]
+
+
+def without_dropout(model: nn.Module) -> nn.Module:
+    """Every dropout at 0, in training mode (the training code path of both forwards)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    for config in {id(m.config): m.config for m in model.modules() if hasattr(m, "config")}.values():
+        config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+    return model.train()
+
+
+def stacked_runs(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
+    """R runs: the model's weights, each run's perturbed differently (so a mixed-up run would show)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {k: torch.stack([p.detach() + 0.05 * torch.randn(p.shape, generator=gen) for _ in range(RUNS)])
+            .requires_grad_() for k, p in model.named_parameters()}
+
+
+def batch(vocab: int, types: bool) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, vocab, (RUNS, BATCH, WIDTH), generator=gen)
+    lengths = torch.randint(2, WIDTH + 1, (RUNS, BATCH), generator=gen)
+    lengths[0, 0] = WIDTH  # one full row, the others padded
+    mask = (torch.arange(WIDTH) < lengths[..., None]).long()
+    out = {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask}
+    if types:
+        out["token_type_ids"] = (torch.arange(WIDTH) >= lengths[..., None] // 2).long() * mask
+    return out
+
+
+def vmapped(model, params, inputs, hidden_states):
+    buffers = dict(model.named_buffers())
+
+    def one(p, i, m):
+        logits, states = classifier_output(model, p, buffers, i, m, hidden_states=True)
+        return logits, states
+    logits, states = torch.func.vmap(one, randomness="different")(params, Bank.model_inputs(inputs),
+                                                                   inputs["attention_mask"])
+    return logits, states if hidden_states else None
+
+
+@pytest.mark.parametrize("pooling,normalize", HEADS)
+@pytest.mark.parametrize("types", [False, True])
+def test_grouped_forward_equals_vmap(tiny_model_dir, pooling, normalize, types):
+    model = without_dropout(load_classifier(str(tiny_model_dir), ["a", "b", "c"], head="reinit", dropout=0.0,
+                                            seed=1, pooling=pooling, normalize=normalize))
+    model.set_attn_implementation("eager")
+    assert supports(model)
+    inputs = batch(model.config.vocab_size, types)
+    mask = inputs["attention_mask"]
+    results = []
+    for forward in (vmapped, grouped_output):
+        params = stacked_runs(model)
+        logits, states = forward(model, params, inputs, True)
+        # a loss that reads the logits and every hidden state at real tokens only
+        gen = torch.Generator().manual_seed(2)
+        loss = (logits * torch.randn(logits.shape, generator=gen)).sum()
+        for h in states:
+            loss = loss + (h * torch.randn(h.shape, generator=gen) * mask[..., None]).sum()
+        loss.backward()
+        results.append((logits.detach(), [h.detach() for h in states], {k: p.grad for k, p in params.items()}))
+    (logits_v, states_v, grads_v), (logits_g, states_g, grads_g) = results
+    assert logits_g.shape == (RUNS, BATCH, 3)
+    assert torch.allclose(logits_g, logits_v, atol=1e-5, rtol=0), (logits_g - logits_v).abs().max()
+    assert len(states_g) == len(states_v) == model.config.num_hidden_layers + 1
+    for hg, hv in zip(states_g, states_v):  # padding positions differ (masked keys only), real tokens agree
+        assert torch.allclose(hg * mask[..., None], hv * mask[..., None], atol=1e-5, rtol=0)
+    assert grads_g.keys() == grads_v.keys()
+    for k in grads_v:
+        if grads_v[k] is None:  # a pooled head's unused pooler
+            assert grads_g[k] is None, k
+            continue
+        worst = (grads_g[k] - grads_v[k]).abs().max()
+        assert worst < 1e-5 * max(1.0, grads_v[k].abs().max()), f"{k}: gradient off by {worst}"  # relative: ~1e2
+    # the runs differ: had the grouped forward mixed them up, the comparison above would fail
+    assert (logits_v[0] - logits_v[1]).abs().max() > 1e-3
+
+
+def test_dropout_masks_differ_per_run(tiny_model_dir):
+    model = load_classifier(str(tiny_model_dir), ["a", "b"], head="reinit", dropout=0.1, seed=1, pooling="mean")
+    params = {k: p.detach().expand(RUNS, *p.shape).clone() for k, p in model.named_parameters()}  # equal runs
+    inputs = batch(model.config.vocab_size, False)
+    inputs = {k: v[:1].expand(RUNS, -1, -1) for k, v in inputs.items()}  # equal batches
+    with torch.no_grad():
+        train = grouped_output(model.train(), params, inputs)[0]
+        evaluated = grouped_output(model.eval(), params, inputs)[0]
+    assert (train[0] - train[1]).abs().max() > 1e-4  # each run its own dropout masks
+    assert torch.equal(evaluated[0], evaluated[1])
+
+
+def test_other_architectures_keep_the_vmap_path():
+    config = DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32, num_labels=2)
+    assert not supports(DistilBertForSequenceClassification(config))
