@@ -3,15 +3,21 @@ states and gradients of every run, for every head kind a bank trains, with paddi
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 import torch
 from torch import nn
 from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
+from helpers import ft_config, metrics_without_time, write_task
 from metaft.bank import Bank
-from metaft.bank_forward import classifier_output
+from metaft.bank_forward import vmapped_output
 from metaft.grouped_bert import grouped_output, supports
 from metaft.modeling import load_classifier
+from metaft.packed import PreparedRun
+from metaft.runs import start_run
 
 RUNS, BATCH, WIDTH = 3, 4, 9
 HEADS = [("pooler", False), ("mean", False), ("mean", True), ("cls", False), ("cls", True)]
@@ -47,14 +53,7 @@ def batch(vocab: int, types: bool) -> dict[str, torch.Tensor]:
 
 
 def vmapped(model, params, inputs, hidden_states):
-    buffers = dict(model.named_buffers())
-
-    def one(p, i, m):
-        logits, states = classifier_output(model, p, buffers, i, m, hidden_states=True)
-        return logits, states
-    logits, states = torch.func.vmap(one, randomness="different")(params, Bank.model_inputs(inputs),
-                                                                   inputs["attention_mask"])
-    return logits, states if hidden_states else None
+    return vmapped_output(model, params, dict(model.named_buffers()), inputs, hidden_states)
 
 
 @pytest.mark.parametrize("pooling,normalize", HEADS)
@@ -109,3 +108,32 @@ def test_dropout_masks_differ_per_run(tiny_model_dir):
 def test_other_architectures_keep_the_vmap_path():
     config = DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32, num_labels=2)
     assert not supports(DistilBertForSequenceClassification(config))
+
+
+def test_a_bank_trains_alike_with_either_forward(tiny_model_dir, tmp_path):
+    """Whole banks (training steps, clipping, AdamW, dev evaluation: grouped vs one run at a time) at dropout 0."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (model / "config.json").write_text(json.dumps(config))
+    tasks = [write_task(tmp_path / f"t{i}", seed=7 * i + 1) for i in range(2)]
+    records = {}
+    for name, grouped in (("vmap", False), ("grouped", True)):
+        runs = [PreparedRun(ft_config(task, model, tmp_path / f"{name}{i}", seed=3 + i, dropout=0.0, epochs=2,
+                                      eval_every=4, mixed_precision="no", max_grad_norm=0.5, learning_rate=1e-3))
+                for i, task in enumerate(tasks)]
+        for run in runs:
+            start_run(run.run_dir, run.cfg, "new")
+        bank = Bank([run.member() for run in runs], grouped=grouped)
+        assert bank.grouped == grouped
+        bank.train()
+        records[name] = [metrics_without_time(run.run_dir) for run in runs]
+        assert all((run.run_dir / "best" / "model.safetensors").is_file() for run in runs)
+    for vmap, grouped in zip(records["vmap"], records["grouped"]):
+        assert [r["kind"] for r in vmap] == [r["kind"] for r in grouped] and len(vmap) > 12
+        for a, b in zip(vmap, grouped):
+            assert a.keys() == b.keys()
+            for key in a:
+                close = a[key] == (b[key] if isinstance(a[key], str) else pytest.approx(b[key], rel=1e-5, abs=1e-5))
+                assert close, (key, a, b)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from helpers import comparable, ft_config, metrics_without_time, same_weights, weights_of, write_task
+from metaft import bank as bank_module
 from metaft.bank import Bank
 from metaft.cli import main
 from metaft.config import StudyConfig
@@ -142,20 +143,21 @@ def poison(monkeypatch, where: str) -> None:
             return out
 
         monkeypatch.setattr(Bank, "train_step", train_step)
-    else:
-        real_eval = Bank.evaluate
+    else:  # the bank evaluates its runs together (grouped forward): run 1's rows of the logits turn NaN
+        real_eval, real_forward = Bank.evaluate_runs, bank_module.grouped_output
 
-        def evaluate(self, r, loader):
-            if r != 1 or self.step != 8:
-                return real_eval(self, r, loader)
-            logits = self.eval_logits
-            self.eval_logits = lambda model, params, batch: logits(model, params, batch) * float("nan")
-            try:
-                return real_eval(self, r, loader)
-            finally:
-                del self.eval_logits
+        def evaluate_runs(self, runs):
+            if 1 not in runs or self.step != 8:
+                return real_eval(self, runs)
 
-        monkeypatch.setattr(Bank, "evaluate", evaluate)
+            def poisoned(*args, **kwargs):
+                logits, states = real_forward(*args, **kwargs)
+                return logits.index_fill(0, torch.tensor([runs.index(1)]), float("nan")), states
+            with monkeypatch.context() as mp:
+                mp.setattr(bank_module, "grouped_output", poisoned)
+                return real_eval(self, runs)
+
+        monkeypatch.setattr(Bank, "evaluate_runs", evaluate_runs)
 
 
 @pytest.mark.parametrize("where, why, last_step", [

@@ -6,11 +6,11 @@ per step over all of them: for BERT-family classifiers as batched kernels writte
 template module), so a step costs one set of batched kernels instead of R times the per-run ones. Everything
 else stays per run:
 
-- data: each run's batch of the step comes from its own seeded epoch permutation (the one-run path's
-  :func:`metaft.training.epoch_permutation` / :func:`metaft.training.step_batch`); batches are padded to the
-  widest run's width (padding is masked out, so only float rounding changes);
-- dropout: masks drawn over the stacked tensors (``vmap(randomness="different")``): every run draws its own (a lone run's masks cannot be
-  reproduced, so equivalence with the one-run path holds at dropout 0);
+- data: each run's batch of the step comes from its own seeded epoch permutation, as alone
+  (:mod:`metaft.bank_data`); batches are padded to the widest run's width (padding is masked out, so only
+  float rounding changes);
+- dropout: masks drawn over the stacked tensors (``vmap(randomness="different")``): every run draws its own
+  (a lone run's cannot be reproduced, so equivalence with the one-run path holds at dropout 0);
 - the loss of run r depends on run r's parameters only, so the gradient of the summed loss is each run's own
   gradient; clipping uses each run's own global norm; AdamW is elementwise, so one fused AdamW over the stacked
   tensors is R independent AdamWs (weight-decay and head-learning-rate groups as
@@ -20,8 +20,10 @@ else stays per run:
   built, before the bank starts); a kept or warm-started head is a dev candidate at step 0, as alone;
 - the learning-rate schedule is shared: a bank only holds runs with the same step count and optimiser
   settings (see :func:`metaft.bank_plan.bank_key`);
-- dev evaluation, the best-dev checkpoint (the one-run path's folder, with the run's own config) and
-  metrics.jsonl per run, as the one-run loop writes them;
+- dev evaluation (all runs in one grouped forward where there is one: :mod:`metaft.bank_eval`), the best-dev
+  checkpoint (the one-run path's folder, with the run's own config) and metrics.jsonl per run, as alone; a new
+  best is kept in memory and written to its folder when the bank's state is saved and when the bank ends
+  (R folders at every improvement would cost more than training), so a saved state names folders on disk;
 - divergence: a run whose loss, weights or dev logits turn NaN / inf is stopped alone (its weights frozen, no
   more evaluations or checkpoints: a diverged model never becomes best) while the others go on.
 
@@ -29,8 +31,8 @@ The resumable state of the whole bank (stacked weights, AdamW and schedule, RNG,
 and dev history) is saved at an evaluation at most every ``save_state_every_s`` seconds into ``state_dir``
 (on CUDA at most every :data:`CUDA_MIN_SAVE_S`: see :func:`save_interval`).
 
-Attention runs in HF's "eager" implementation inside the bank with a ready-made additive mask: the SDPA path
-has no vmap batching rule on CPU (it would loop over the runs) and HF's mask helpers branch on tensor values.
+Under vmap, attention runs in HF's "eager" implementation with a ready-made additive mask: the SDPA path has
+no vmap batching rule on CPU (it would loop over the runs) and HF's mask helpers branch on tensor values.
 """
 
 from __future__ import annotations
@@ -47,9 +49,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.func import vmap
 
-from .bank_forward import adamw_groups, classifier_output, within
+from .bank_data import BankBatches, stack_runs
+from .bank_eval import evaluate_runs, non_finite_runs
+from .bank_forward import adamw_groups, classifier_output, vmapped_output, within
 from .checkpoints import append_metrics, save_bank_state
 from .devices import make_accelerator
 from .errors import ConfigError
@@ -59,7 +62,7 @@ from .fileio import save_atomic
 from .grouped_bert import grouped_output, supports
 from .heads import head_parameters
 from .losses import run_cross_entropy
-from .steps import build_scheduler, epoch_permutation, group_by_length, planned_steps, step_batch
+from .steps import build_scheduler, planned_steps
 
 logger = logging.getLogger(__name__)
 
@@ -114,17 +117,18 @@ class Bank:
                               getattr(cfg, "head_learning_rate", None), cfg.weight_decay)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=True)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg.warmup_ratio)
-        multiple = cfg.pad_to_multiple_of
-        self.collators = [Collator(m.train_set.pad_id, multiple, cfg.pad_to_length) for m in members]
-        self.dev_loaders = [eval_loader(m.dev_set, cfg.eval_batch_size, self.acc, multiple, cfg.pad_to_length)
-                            for m in members]
-        self._perms: list[tuple[int, list[int]] | None] = [None] * self.size
+        self.batches = BankBatches(members, cfg, self.steps_per_epoch, [
+            Collator(m.train_set.pad_id, cfg.pad_to_multiple_of, cfg.pad_to_length) for m in members])
+        self.dev_loaders = [eval_loader(m.dev_set, cfg.eval_batch_size, self.acc, cfg.pad_to_multiple_of,
+                                        cfg.pad_to_length) for m in members]
         # the grouped forward where the architecture has one (None: auto), else vmap
         self.grouped = supports(self.hf_model(self.template)) if grouped is None else grouped
         self.step, self.elapsed0 = 0, 0.0
         self.state_dir, self.identity = state_dir, identity or {}
         self.diverged: dict[int, str] = {}  # run -> why it was stopped
         self.frozen: dict[int, dict[str, torch.Tensor]] = {}  # run -> its weights when it was stopped
+        self.unwritten: dict[int, dict[str, torch.Tensor]] = {}  # run -> its best weights, not on disk yet
+        self.on_disk: dict[int, str | None] = {r: None for r in range(self.size)}  # run -> its best folder written
 
     # -- building (overridden by banks of other model kinds)
     def make_template(self, model: nn.Module) -> nn.Module:
@@ -165,50 +169,15 @@ class Bank:
     def outputs(self, stacked: dict[str, torch.Tensor], hidden_states: bool = False) -> tuple[torch.Tensor, tuple | None]:
         """Every run's class logits [R, B, C] (and hidden states, [R, B, T, H] per layer, when asked)."""
         model, params = self.hf_model(self.template), within(self.params, self.prefix)
+        inputs = {k: stacked[k] for k in MODEL_INPUT_KEYS if k in stacked}
         if self.grouped:
-            return grouped_output(model, params, {k: stacked[k] for k in MODEL_INPUT_KEYS if k in stacked},
-                                  hidden_states)
-        buffers = within(self.buffers, self.prefix)
-
-        def one(p: dict, inputs: dict, mask: torch.Tensor):
-            logits, states = classifier_output(model, p, buffers, inputs, mask, hidden_states)
-            return (logits, states) if hidden_states else logits
-        out = vmap(one, randomness="different")(params, self.model_inputs(stacked), stacked["attention_mask"])
-        return out if hidden_states else (out, None)
-
-    def _indices(self, r: int, step: int) -> list[int]:
-        epoch, pos = divmod(step, self.steps_per_epoch)
-        train_set = self.members[r].train_set
-        if self._perms[r] is None or self._perms[r][0] != epoch:
-            perm = epoch_permutation(len(train_set), self.members[r].cfg.seed, epoch)
-            if self.cfg.group_by_length:
-                perm = group_by_length(perm, train_set.lengths(), self.cfg.batch_size)
-            self._perms[r] = (epoch, perm)
-        return step_batch(self._perms[r][1], pos, self.cfg.batch_size)
+            return grouped_output(model, params, inputs, hidden_states)
+        return vmapped_output(model, params, within(self.buffers, self.prefix), inputs, hidden_states)
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
-        """The step's batch of every run stacked, [R, B, ...], token tensors padded to one width."""
-        batches = [self.collators[r]([m.train_set[i] for i in self._indices(r, step)])
-                   for r, m in enumerate(self.members)]
-        width = max(b["input_ids"].shape[1] for b in batches)
-        out = {}
-        for key in batches[0]:
-            if batches[0][key].dim() == 2:  # [B, T]: pad ids with each run's pad id, mask and types with 0
-                fill = [m.train_set.pad_id if key == "input_ids" else 0 for m in self.members]
-                out[key] = torch.stack([nn.functional.pad(b[key], (0, width - b[key].shape[1]), value=v)
-                                        for b, v in zip(batches, fill)])
-            else:
-                out[key] = torch.stack([b[key] for b in batches])
-        return {k: v.to(self.device) for k, v in out.items()}
-
-    @staticmethod
-    def model_inputs(stacked: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The HF model's inputs with the padding mask made additive, [R, B, 1, 1, T]."""
-        inputs = {k: stacked[k] for k in MODEL_INPUT_KEYS if k in stacked}
-        keep = inputs["attention_mask"].bool()[:, :, None, None, :]
-        inputs["attention_mask"] = torch.zeros(keep.shape, device=keep.device).masked_fill_(
-            ~keep, torch.finfo(torch.float32).min)
-        return inputs
+        """The step's batch of every run stacked, [R, B, ...], on the bank's device (``host_batch``: on the CPU)."""
+        self.host_batch = self.batches(step)
+        return {k: v.to(self.device, non_blocking=True) for k, v in self.host_batch.items()}
 
     def losses(self, stacked: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each run's loss parts, [R] each, with ``total`` the one to minimise (stage 3: cross-entropy)."""
@@ -238,12 +207,9 @@ class Bank:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.restore_frozen()
-        values = {k: v.detach().float().cpu().tolist() for k, v in parts.items()}
-        logged = [{"lr": lr, **{f"loss_{k}": v[r] for k, v in values.items()}} for r in range(self.size)]
-        if norms is not None:
-            for record, norm in zip(logged, norms.cpu().tolist()):
-                record["grad_norm"] = norm
-        return logged
+        names = [f"loss_{k}" for k in parts] + (["grad_norm"] if norms is not None else [])
+        values = torch.stack([v.detach().float() for v in [*parts.values(), *([norms] if norms is not None else [])]])
+        return [{"lr": lr, **dict(zip(names, column))} for column in values.cpu().T.tolist()]  # one transfer
 
     def clip(self) -> torch.Tensor:
         """Per-run ``clip_grad_norm_``: run r's gradients scaled by min(1, max_norm / (its norm + 1e-6)).
@@ -275,11 +241,6 @@ class Bank:
                 for k, v in saved.items():
                     self.params[k][r].copy_(v)
 
-    def non_finite(self, r: int) -> list[str]:
-        """Names of run r's weight tensors that hold NaN or inf."""
-        with torch.no_grad():
-            return [k for k, v in self.params.items() if not bool(torch.isfinite(v[r]).all())]
-
     # -- resumable state
     def state_info(self, elapsed_s: float) -> dict:
         return {"identity": self.identity, "step": self.step, "total_steps": self.total_steps,
@@ -289,13 +250,15 @@ class Bank:
     def restore(self, info: dict) -> None:
         """Continue from a saved state whose tensors are loaded already (:func:`metaft.checkpoints.load_bank_state`)."""
         self.step, self.elapsed0 = info["step"], info["elapsed_s"]
-        for member, saved in zip(self.members, info["members"]):
+        for r, (member, saved) in enumerate(zip(self.members, info["members"])):
             member.best, member.history = saved["best"], saved["history"]
+            self.on_disk[r] = member.best["name"]  # written before the state was saved
         self.diverged = {int(r): why for r, why in info["diverged"].items()}
         with torch.no_grad():
             self.frozen = {r: {k: v[r].clone() for k, v in self.params.items()} for r in self.diverged}
 
     def save_state(self, elapsed_s: float) -> None:
+        self.write_best()  # the state names each run's best folder: it must be on disk first
         save_atomic(lambda d: save_bank_state(d, self.params, self.optimizer, self.scheduler,
                                               self.state_info(elapsed_s)), self.state_dir)
 
@@ -303,15 +266,37 @@ class Bank:
     def run_params(self, r: int) -> dict[str, torch.Tensor]:
         return {k: v[r] for k, v in self.params.items()}
 
-    def evaluate(self, r: int, loader) -> dict:
-        """Classification metrics of run r (its current weights) on ``loader``, on a forked RNG: iterating a data
-        loader draws from the global RNG, and whether a run is evaluated (a stopped run is not) must not change
-        the other runs' dropout."""
-        params = self.run_params(r)
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+    def evaluate(self, r: int) -> dict | NonFiniteError:
+        """Dev metrics of run r alone (or its NonFiniteError), on a forked RNG: iterating a data loader draws from
+        the global RNG, and whether a run is evaluated (a stopped run is not) must not change the others' dropout."""
+        params, devices = self.run_params(r), [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            return evaluate(self.template, loader, lambda model, batch: self.eval_logits(model, params, batch), self.acc,
-                                self.members[r].labels)
+            try:
+                return evaluate(self.template, self.dev_loaders[r], lambda model, batch: self.eval_logits(
+                    model, params, batch), self.acc, self.members[r].labels)
+            except NonFiniteError as exc:
+                return exc
+
+    def evaluate_runs(self, runs: list[int]) -> list[dict | NonFiniteError]:
+        """Dev metrics (or the NonFiniteError) of ``runs``: together in grouped forwards, else one at a time."""
+        if not self.grouped:
+            return [self.evaluate(r) for r in runs]
+        model, params = self.hf_model(self.template), within(self.params, self.prefix)
+        if runs != list(range(self.size)):
+            params = {k: v[runs] for k, v in params.items()}
+        collators, pads = [self.batches.collators[r] for r in runs], [self.batches.pad_ids[r] for r in runs]
+
+        def logits(items: list[list[dict]]) -> torch.Tensor:
+            batch = stack_runs(items, collators, pads)
+            with self.acc.autocast():
+                return grouped_output(model, params, {k: batch[k].to(self.device, non_blocking=True)
+                                                      for k in MODEL_INPUT_KEYS if k in batch})[0]
+        model.eval()
+        try:
+            return evaluate_runs(logits, [self.members[r].dev_set for r in runs], [self.members[r].labels for r in runs],
+                                 self.cfg.eval_batch_size)
+        finally:
+            model.train()
 
     def eval_logits(self, model: nn.Module, params: dict, batch: dict) -> torch.Tensor:
         """Class logits [B, C] of one run (``params``) for an evaluation batch."""
@@ -319,44 +304,53 @@ class Bank:
         return classifier_output(model, params, self.buffers, inputs, batch["attention_mask"])[0]
 
     @contextlib.contextmanager
-    def as_run(self, r: int):
-        """The template holding run r's weights and run r's own config (labels, attention implementation)."""
+    def as_run(self, r: int, weights: dict[str, torch.Tensor] | None = None):
+        """The template holding run r's weights (its current ones, or ``weights``) and run r's own config (labels,
+        attention implementation)."""
         hf = self.hf_model(self.template)
         template_config = hf.config
+        weights = self.run_params(r) if weights is None else weights
         with torch.no_grad():
             for k, p in self.template.named_parameters():
-                p.copy_(self.params[k][r])
+                p.copy_(weights[k])
         hf.config = self.configs[r]
         try:
             yield self.template
         finally:
             hf.config = template_config
 
-    def save(self, r: int, folder: Path) -> None:
-        with self.as_run(r) as model:
+    def save(self, r: int, folder: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+        with self.as_run(r, weights) as model:
             self.members[r].save_fn(model, folder)
+
+    def write_best(self) -> None:
+        """Write the best checkpoints kept in memory to their runs' folders (atomically, each replacing the run's
+        earlier best folder)."""
+        for r, weights in sorted(self.unwritten.items()):
+            member = self.members[r]
+            name, previous = member.best["name"], self.on_disk[r]
+            save_atomic(lambda d, r=r, w=weights: self.save(r, d, w), member.run_dir / name)
+            if previous and previous != name:
+                shutil.rmtree(member.run_dir / previous, ignore_errors=True)
+            self.on_disk[r] = name
+        self.unwritten.clear()
 
     def evaluate_and_checkpoint(self, elapsed_s: float, runs: list[int] | None = None) -> None:
         """Evaluate the runs still going (of ``runs``, default all) on dev, checkpoint the better ones, and save
         the bank's state when ``save_state_every_s`` has passed since the last save."""
-        for r in range(self.size) if runs is None else runs:
-            if r in self.diverged:
-                continue
-            member = self.members[r]
-            if bad := self.non_finite(r):
+        for r, bad in non_finite_runs(self.params).items():
+            if r not in self.diverged and (runs is None or r in runs):
                 self.freeze(r, f"{len(bad)} weight tensor(s) hold NaN / inf at step {self.step} (e.g. {bad[0]})")
-                continue
-            try:
-                dev = self.evaluate(r, self.dev_loaders[r])
-            except NonFiniteError as exc:
-                self.freeze(r, f"step {self.step}: {exc}")
+        runs = [r for r in (range(self.size) if runs is None else runs) if r not in self.diverged]
+        for r, dev in zip(runs, self.evaluate_runs(runs)):
+            member = self.members[r]
+            if isinstance(dev, NonFiniteError):
+                self.freeze(r, f"step {self.step}: {dev}")
                 continue
             if dev["accuracy"] > member.best["accuracy"]:  # ties keep the earlier checkpoint
-                name, previous = member.best_name(dev["accuracy"]), member.best["name"]
-                save_atomic(lambda d, r=r: self.save(r, d), member.run_dir / name)
-                if previous and previous != name:
-                    shutil.rmtree(member.run_dir / previous, ignore_errors=True)
-                member.best = {"accuracy": dev["accuracy"], "step": self.step, "name": name,
+                with torch.no_grad():
+                    self.unwritten[r] = {k: v.clone() for k, v in self.run_params(r).items()}
+                member.best = {"accuracy": dev["accuracy"], "step": self.step, "name": member.best_name(dev["accuracy"]),
                                "dev": {k: dev[k] for k in ("accuracy", "macro_f1", "n")}}
             record = {"kind": "dev", "step": self.step, "epoch": self.step / self.steps_per_epoch,
                       "dev_accuracy": dev["accuracy"], "dev_macro_f1": dev["macro_f1"], "dev_n": dev["n"],
@@ -394,4 +388,5 @@ class Bank:
             self.log_step(self.train_step(), elapsed())
             if self.step % every == 0 or self.step == self.total_steps:
                 self.evaluate_and_checkpoint(elapsed())
+        self.write_best()
         return elapsed()

@@ -14,16 +14,12 @@ from collections.abc import Collection
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
+from .grouped_bert import within
 from .modeling_metaft_pooled import MetaftPooledForSequenceClassification
 
 ENCODER = "encoder."
-
-
-def within(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The entries of ``tensors`` under ``prefix``, named relative to it."""
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def classifier_output(model: nn.Module, params: dict, buffers: dict, inputs: dict, mask: torch.Tensor,
@@ -38,6 +34,22 @@ def classifier_output(model: nn.Module, params: dict, buffers: dict, inputs: dic
                           {**inputs, "output_hidden_states": hidden_states, "return_dict": True})
     features = model.dropout(model.sentence_features(out.last_hidden_state, mask))
     return F.linear(features, params["classifier.weight"], params["classifier.bias"]), out.hidden_states
+
+
+def vmapped_output(model: nn.Module, params: dict, buffers: dict, inputs: dict[str, torch.Tensor],
+                   hidden_states: bool = False) -> tuple[torch.Tensor, tuple | None]:
+    """:func:`classifier_output` of every run under ``vmap`` (own dropout masks per run): logits [R, B, C] and
+    hidden states [R, B, T, H] per layer when asked. ``params`` / ``inputs``: stacked [R, ...]; the padding mask
+    goes into the encoder as a ready-made additive mask [R, B, 1, 1, T]."""
+    mask = inputs["attention_mask"]
+    keep = mask.bool()[:, :, None, None, :]
+    additive = torch.zeros(keep.shape, device=keep.device).masked_fill_(~keep, torch.finfo(torch.float32).min)
+
+    def one(p: dict, encoder_inputs: dict, padding: torch.Tensor):
+        logits, states = classifier_output(model, p, buffers, encoder_inputs, padding, hidden_states)
+        return (logits, states) if hidden_states else logits
+    out = vmap(one, randomness="different")(params, {**inputs, "attention_mask": additive}, mask)
+    return out if hidden_states else (out, None)
 
 
 def adamw_groups(params: dict[str, torch.Tensor], head: Collection[str], learning_rate: float,

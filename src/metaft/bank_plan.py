@@ -70,14 +70,14 @@ def available_memory(device: torch.device) -> int:
 
 def bank_capacity(num_params: int, device: torch.device, pack: int | None = None,
                   memory: int | None = None) -> int:
-    """Runs per bank: ``pack`` if given, else as many as fit (weights + gradients + 2 AdamW moments in fp32,
-    plus a quarter for activations and temporaries, within 80 % of free memory on CUDA / half of it on CPU),
+    """Runs per bank: ``pack`` if given, else as many as fit (weights + gradients + 2 AdamW moments + the best
+    weights kept until they are written, in fp32, plus a quarter for activations and temporaries, within 80 % of free memory on CUDA / half of it on CPU),
     capped at :data:`GPU_MAX_PACK` / :data:`CPU_MAX_PACK`."""
     if pack is not None:
         if pack < 1:
             raise ConfigError(f"pack must be >= 1 (1 = one run at a time), got {pack}")
         return pack
-    per_run = num_params * 4 * 4 * 5 // 4
+    per_run = num_params * 4 * 5 * 5 // 4
     share = 0.8 if device.type == "cuda" else 0.5
     memory = available_memory(device) if memory is None else memory
     fits = int(memory * share) // per_run

@@ -21,8 +21,12 @@ from torch import nn
 from transformers import BertForSequenceClassification, BertModel
 from transformers.activations import ACT2FN
 
-from .bank_forward import within
 from .modeling_metaft_pooled import MetaftPooledForSequenceClassification
+
+
+def within(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``tensors`` under ``prefix``, named relative to it."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def encoder_of(model: nn.Module) -> tuple[nn.Module | None, str]:
@@ -63,6 +67,11 @@ def lookup(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return F.embedding(ids + offsets, table.reshape(runs * vocab, -1))
 
 
+def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Dropout with probability ``p`` (0: the tensor itself), masks drawn over every run's elements at once."""
+    return F.dropout(x, p, training=True) if p else x
+
+
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over real tokens: hidden [R, B, T, H], mask [R, B, T] -> [R, B, H] (:func:`metaft.pooling.masked_mean`
     per run)."""
@@ -70,7 +79,7 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * m).sum(2) / m.sum(2).clamp(min=1.0)
 
 
-def embeddings(config, p: dict, inputs: dict[str, torch.Tensor], dropout: float) -> torch.Tensor:
+def embeddings(config, p: dict, inputs: dict[str, torch.Tensor], p_drop: float) -> torch.Tensor:
     """BertEmbeddings for every run: [R, B, T, H]."""
     ids = inputs["input_ids"]
     width = ids.shape[-1]
@@ -82,7 +91,7 @@ def embeddings(config, p: dict, inputs: dict[str, torch.Tensor], dropout: float)
         x = x + types[:, 0, None, None, :]
     x = x + p["embeddings.position_embeddings.weight"][:, None, :width]
     x = layer_norm(x, p["embeddings.LayerNorm.weight"], p["embeddings.LayerNorm.bias"], config.layer_norm_eps)
-    return F.dropout(x, dropout, True) if dropout else x
+    return dropout(x, p_drop)
 
 
 def layer(config, p: dict, x: torch.Tensor, keep: torch.Tensor, shape: tuple, training: bool) -> torch.Tensor:
@@ -96,10 +105,10 @@ def layer(config, p: dict, x: torch.Tensor, keep: torch.Tensor, shape: tuple, tr
     context = F.scaled_dot_product_attention(
         q, k, v, attn_mask=keep, dropout_p=config.attention_probs_dropout_prob if training else 0.0)
     context = context.transpose(1, 2).reshape(runs, batch * width, hidden)
-    out = F.dropout(linear(context, p["attention.output.dense.weight"], p["attention.output.dense.bias"]), p_hidden)
+    out = dropout(linear(context, p["attention.output.dense.weight"], p["attention.output.dense.bias"]), p_hidden)
     x = layer_norm(out + x, p["attention.output.LayerNorm.weight"], p["attention.output.LayerNorm.bias"], eps)
     inner = ACT2FN[config.hidden_act](linear(x, p["intermediate.dense.weight"], p["intermediate.dense.bias"]))
-    out = F.dropout(linear(inner, p["output.dense.weight"], p["output.dense.bias"]), p_hidden)
+    out = dropout(linear(inner, p["output.dense.weight"], p["output.dense.bias"]), p_hidden)
     return layer_norm(out + x, p["output.LayerNorm.weight"], p["output.LayerNorm.bias"], eps)
 
 

@@ -77,7 +77,7 @@ class MetaBank(Bank):
         coeff = grl_coefficient(self.step / self.total_steps)
         domains, mask, c = stacked["domains"], stacked["attention_mask"], self.coeffs
         targets = torch.stack([
-            corrupted_domain_targets(domains[r].cpu(), len(self.layers), step_generator(m.cfg.seed, self.step),
+            corrupted_domain_targets(self.host_batch["domains"][r], len(self.layers), step_generator(m.cfg.seed, self.step),
                                      m.cfg.corruption, len(self.domains))
             if m.cfg.domain_loss == "corrupt" else torch.zeros(len(self.layers), domains.shape[1], dtype=torch.long)
             for r, m in enumerate(self.members)]).to(self.device)  # [R, L, B]
@@ -104,10 +104,10 @@ class MetaBank(Bank):
         return classifier_output(model.classifier, within(params, CLS), self.cls_buffers, inputs,
                                  batch["attention_mask"])[0]
 
-    def save(self, r: int, folder: Path) -> None:
+    def save(self, r: int, folder: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
         """Run r's meta-learner with its own head kind: none, GRL (no embedding) or corrupt (with or without)."""
         kind, embedding = self.members[r].cfg.domain_loss, self.members[r].cfg.domain_embedding
-        with self.as_run(r) as template:
+        with self.as_run(r, weights) as template:
             head = None
             if kind != "none":
                 head = DomainHead(len(self.domains), template.classifier.config.hidden_size, self.layers,
