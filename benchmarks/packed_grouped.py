@@ -18,7 +18,7 @@ Parts (every figure is written to the JSON as soon as it is measured):
 - speed: step time of proxy stage-3 banks of R = ``--runs`` per forward (median over ``--steps`` steps after
   ``--warmup``), and per run-step.
 - minilm: the real default model (``--model``): the one-run path (``stages.finetune``) and banks of
-  ``--minilm-runs`` per forward, ``--minilm-steps`` steps each.
+  ``--minilm-runs`` per forward, ``--minilm-steps`` steps each, and the per-evaluation costs as in profile.
 """
 
 from __future__ import annotations
@@ -156,6 +156,12 @@ def profile_bank(bank, args, sync) -> dict:
     out = {k: v / args.steps for k, v in parts.items()}
     out["backward_and_rest"] = step_s / args.steps - sum(v for k, v in out.items() if k != "log_metrics")
     out["step_total"] = step_s / args.steps + out["log_metrics"]
+    return {"per_step_s": out, "per_eval_s": eval_costs(bank)}
+
+
+def eval_costs(bank) -> dict:
+    """Seconds of one evaluation of all runs (no run improves / every run improves), of writing every run's best
+    folder, and of saving the bank's state."""
     per_eval = {}
     for name, best in (("dev_eval_only", 2.0), ("dev_eval_and_best_copies_in_memory", -1.0)):
         for m in bank.members:
@@ -170,7 +176,7 @@ def profile_bank(bank, args, sync) -> dict:
     t0 = time.perf_counter()
     bank.save_state(0.0)
     per_eval["bank_state_save"] = time.perf_counter() - t0
-    return {"per_step_s": out, "per_eval_s": per_eval}
+    return per_eval
 
 
 def step_times(bank, args, sync, steps: int) -> dict:
@@ -244,8 +250,10 @@ def main(argv=None) -> None:
             for r in args.minilm_runs:
                 runs = prepared_runs(work, args.model, r, False, args, f"minilm-{r}")
                 for name, grouped in FORWARDS.items():
-                    save("minilm_stage3", f"R{r}-{name}", step_times(make_bank(runs, grouped, device), args, sync,
-                                                                     args.minilm_steps))
+                    bank = make_bank(runs, grouped, device)
+                    save("minilm_stage3", f"R{r}-{name}", {**step_times(bank, args, sync, args.minilm_steps),
+                                                           "per_eval_s": eval_costs(bank)})
+                    del bank
     result["machine"]["load_average_end"] = os.getloadavg()
     write_json(args.out, result)
 

@@ -127,7 +127,8 @@ class Bank:
         self.state_dir, self.identity = state_dir, identity or {}
         self.diverged: dict[int, str] = {}  # run -> why it was stopped
         self.frozen: dict[int, dict[str, torch.Tensor]] = {}  # run -> its weights when it was stopped
-        self.unwritten: dict[int, dict[str, torch.Tensor]] = {}  # run -> its best weights, not on disk yet
+        self.best_params: dict[str, torch.Tensor] = {}  # [R, ...]: each run's best weights (made at the first best)
+        self.unwritten: set[int] = set()  # runs whose best in best_params is not on disk yet
         self.on_disk: dict[int, str | None] = {r: None for r in range(self.size)}  # run -> its best folder written
 
     # -- building (overridden by banks of other model kinds)
@@ -161,9 +162,6 @@ class Bank:
             del model, named
         template.train()
         return template, configs, {k: v.requires_grad_() for k, v in stacked.items()}
-
-    def parameter_count(self) -> int:
-        return sum(p[0].numel() for p in self.params.values())
 
     # -- one step
     def outputs(self, stacked: dict[str, torch.Tensor], hidden_states: bool = False) -> tuple[torch.Tensor, tuple | None]:
@@ -326,8 +324,8 @@ class Bank:
     def write_best(self) -> None:
         """Write the best checkpoints kept in memory to their runs' folders (atomically, each replacing the run's
         earlier best folder)."""
-        for r, weights in sorted(self.unwritten.items()):
-            member = self.members[r]
+        for r in sorted(self.unwritten):
+            member, weights = self.members[r], {k: v[r] for k, v in self.best_params.items()}
             name, previous = member.best["name"], self.on_disk[r]
             save_atomic(lambda d, r=r, w=weights: self.save(r, d, w), member.run_dir / name)
             if previous and previous != name:
@@ -342,14 +340,22 @@ class Bank:
             if r not in self.diverged and (runs is None or r in runs):
                 self.freeze(r, f"{len(bad)} weight tensor(s) hold NaN / inf at step {self.step} (e.g. {bad[0]})")
         runs = [r for r in (range(self.size) if runs is None else runs) if r not in self.diverged]
-        for r, dev in zip(runs, self.evaluate_runs(runs)):
+        results = self.evaluate_runs(runs)
+        better = [r for r, dev in zip(runs, results) if not isinstance(dev, NonFiniteError)
+                  and dev["accuracy"] > self.members[r].best["accuracy"]]  # ties keep the earlier checkpoint
+        if better:  # one copy per tensor for all improved runs
+            index = torch.tensor(better, device=self.device)
+            self.best_params = self.best_params or {k: torch.empty_like(v) for k, v in self.params.items()}
+            with torch.no_grad():
+                for k, v in self.params.items():
+                    self.best_params[k].index_copy_(0, index, v.index_select(0, index))
+            self.unwritten.update(better)
+        for r, dev in zip(runs, results):
             member = self.members[r]
             if isinstance(dev, NonFiniteError):
                 self.freeze(r, f"step {self.step}: {dev}")
                 continue
-            if dev["accuracy"] > member.best["accuracy"]:  # ties keep the earlier checkpoint
-                with torch.no_grad():
-                    self.unwritten[r] = {k: v.clone() for k, v in self.run_params(r).items()}
+            if r in better:
                 member.best = {"accuracy": dev["accuracy"], "step": self.step, "name": member.best_name(dev["accuracy"]),
                                "dev": {k: dev[k] for k in ("accuracy", "macro_f1", "n")}}
             record = {"kind": "dev", "step": self.step, "epoch": self.step / self.steps_per_epoch,

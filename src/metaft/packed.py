@@ -155,7 +155,7 @@ def train_bank(runs: list, saved: dict | None = None) -> tuple[list, list[str]]:
                 truncate_metrics(run.run_dir, bank.step)  # records after the saved state are logged again
             logger.info("resuming a bank of %d runs at step %d of %d", bank.size, bank.step, bank.total_steps)
         logger.info("bank of %d runs x %d steps (%.1f M parameters each)", bank.size, bank.total_steps,
-                    bank.parameter_count() / 1e6)
+                    sum(p[0].numel() for p in bank.params.values()) / 1e6)
         build_s = time.monotonic() - started
         train_s = bank.train()
     share = BankShare(train_s / bank.size, (build_s + train_s) / bank.size, saved["step"] if saved else None)
