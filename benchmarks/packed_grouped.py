@@ -13,8 +13,8 @@ Parts (every figure is written to the JSON as soon as it is measured):
 - profile: a bank of ``--profile-runs`` R, stage 3 and stage 2, each forward (vmap, grouped): mean seconds per
   step of batch building, forward + loss, backward (and the rest of ``train_step``), clipping, optimizer
   (AdamW, schedule, zero_grad), the per-step metrics.jsonl records; per evaluation: dev evaluation of all R
-  runs (no run improves; every run improves: best copies in memory), writing every run's best folder, and
-  saving the bank's state.
+  runs (no run improves; every run improves: best copies in memory; on a CPU also in grouped forwards, the
+  CUDA default), writing every run's best folder, and saving the bank's state.
 - speed: step time of proxy stage-3 banks of R = ``--runs`` per forward (median over ``--steps`` steps after
   ``--warmup``), and per run-step.
 - minilm: the real default model (``--model``): the one-run path (``stages.finetune``) and banks of
@@ -170,6 +170,12 @@ def eval_costs(bank) -> dict:
         t0 = time.perf_counter()
         bank.evaluate_and_checkpoint(0.0)
         per_eval[name] = time.perf_counter() - t0
+    if bank.grouped and not bank.group_eval:  # what evaluating all runs in grouped forwards costs here
+        bank.group_eval = True
+        t0 = time.perf_counter()
+        bank.evaluate_and_checkpoint(0.0)
+        per_eval["dev_eval_grouped_forward"] = time.perf_counter() - t0
+        bank.group_eval = False
     t0 = time.perf_counter()
     bank.write_best()  # every run improved: R best folders (what every improvement cost before)
     per_eval["best_folders_written_all_runs"] = time.perf_counter() - t0

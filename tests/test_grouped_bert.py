@@ -127,6 +127,7 @@ def test_a_bank_trains_alike_with_either_forward(tiny_model_dir, tmp_path):
             start_run(run.run_dir, run.cfg, "new")
         bank = Bank([run.member() for run in runs], grouped=grouped)
         assert bank.grouped == grouped
+        bank.group_eval = grouped  # all runs' dev sets in grouped forwards (on CUDA by default) vs one at a time
         bank.train()
         records[name] = [metrics_without_time(run.run_dir) for run in runs]
         assert all((run.run_dir / "best" / "model.safetensors").is_file() for run in runs)
@@ -137,3 +138,30 @@ def test_a_bank_trains_alike_with_either_forward(tiny_model_dir, tmp_path):
             for key in a:
                 close = a[key] == (b[key] if isinstance(a[key], str) else pytest.approx(b[key], rel=1e-5, abs=1e-5))
                 assert close, (key, a, b)
+
+
+def test_grouped_evaluation_reports_each_runs_metrics_and_nan():
+    """Runs with dev sets of different sizes in chunks; run 1's NaN logits stop run 1 only."""
+    from metaft.bank_eval import evaluate_runs
+    from metaft.evaluation import NonFiniteError
+
+    class Dev(list):
+        def lengths(self):
+            return [len(x["text"]) for x in self]
+
+    dev_sets = [Dev({"text": "x" * (i % 5 + 1), "labels": i % 2, "id": i} for i in range(n)) for n in (5, 3, 7)]
+    seen = []
+
+    def logits_fn(items):  # run 0 right, run 1 NaN, run 2 always class 0
+        seen.append([len(run) for run in items])
+        out = torch.zeros(len(items), len(items[0]), 2)
+        for j, it in enumerate(items[0]):
+            out[0, j, it["labels"]] = 1.0
+        out[1] = float("nan")
+        out[2, :, 0] = 1.0
+        return out
+    res = evaluate_runs(logits_fn, dev_sets, [["a", "b"]] * 3, batch_size=2)
+    assert seen == [[2, 2, 2]] * 3 + [[1, 1, 1]]  # the longest run (7) in chunks of 2; shorter runs padded
+    assert res[0]["accuracy"] == 1.0 and res[0]["n"] == 5
+    assert isinstance(res[1], NonFiniteError) and "3 of 3" in str(res[1])
+    assert res[2]["n"] == 7 and res[2]["accuracy"] == pytest.approx(4 / 7)

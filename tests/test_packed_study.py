@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from helpers import comparable, ft_config, metrics_without_time, same_weights, weights_of, write_task
-from metaft import bank as bank_module
 from metaft.bank import Bank
 from metaft.cli import main
 from metaft.config import StudyConfig
@@ -143,21 +142,20 @@ def poison(monkeypatch, where: str) -> None:
             return out
 
         monkeypatch.setattr(Bank, "train_step", train_step)
-    else:  # the bank evaluates its runs together (grouped forward): run 1's rows of the logits turn NaN
-        real_eval, real_forward = Bank.evaluate_runs, bank_module.grouped_output
+    else:  # on a CPU the bank evaluates one run at a time
+        real_eval = Bank.evaluate
 
-        def evaluate_runs(self, runs):
-            if 1 not in runs or self.step != 8:
-                return real_eval(self, runs)
+        def evaluate(self, r):
+            if r != 1 or self.step != 8:
+                return real_eval(self, r)
+            logits = self.eval_logits
+            self.eval_logits = lambda model, params, batch: logits(model, params, batch) * float("nan")
+            try:
+                return real_eval(self, r)
+            finally:
+                del self.eval_logits
 
-            def poisoned(*args, **kwargs):
-                logits, states = real_forward(*args, **kwargs)
-                return logits.index_fill(0, torch.tensor([runs.index(1)]), float("nan")), states
-            with monkeypatch.context() as mp:
-                mp.setattr(bank_module, "grouped_output", poisoned)
-                return real_eval(self, runs)
-
-        monkeypatch.setattr(Bank, "evaluate_runs", evaluate_runs)
+        monkeypatch.setattr(Bank, "evaluate", evaluate)
 
 
 @pytest.mark.parametrize("where, why, last_step", [

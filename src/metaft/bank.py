@@ -121,8 +121,10 @@ class Bank:
             Collator(m.train_set.pad_id, cfg.pad_to_multiple_of, cfg.pad_to_length) for m in members])
         self.dev_loaders = [eval_loader(m.dev_set, cfg.eval_batch_size, self.acc, cfg.pad_to_multiple_of,
                                         cfg.pad_to_length) for m in members]
-        # the grouped forward where the architecture has one (None: auto), else vmap
+        # the grouped forward where the architecture has one (None: auto), else vmap; dev evaluation of all runs at
+        # once on CUDA only (on a CPU the big grouped tensors evaluate slower than one run at a time)
         self.grouped = supports(self.hf_model(self.template)) if grouped is None else grouped
+        self.group_eval = self.grouped and self.device.type == "cuda"
         self.step, self.elapsed0 = 0, 0.0
         self.state_dir, self.identity = state_dir, identity or {}
         self.diverged: dict[int, str] = {}  # run -> why it was stopped
@@ -277,7 +279,7 @@ class Bank:
 
     def evaluate_runs(self, runs: list[int]) -> list[dict | NonFiniteError]:
         """Dev metrics (or the NonFiniteError) of ``runs``: together in grouped forwards, else one at a time."""
-        if not self.grouped:
+        if not self.group_eval:
             return [self.evaluate(r) for r in runs]
         model, params = self.hf_model(self.template), within(self.params, self.prefix)
         if runs != list(range(self.size)):
