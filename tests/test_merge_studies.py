@@ -46,7 +46,7 @@ def test_parts_merge_into_one_study_with_every_seed(tmp_path):
     merged = read_study(tmp_path / "m" / "study.json")
     assert merged.config["seeds"] == [13, 21, 1, 2, 3]
     assert len(merged.units) == 5 * len(VARIANTS) * len(DOMAINS) and len(merged.meta) == 5
-    assert merged.machine["description"] == "GPU; CPU"
+    assert merged.machine["description"] == "GPU (seeds 13, 21); CPU (seeds 1, 2, 3)"
     assert json.loads((tmp_path / "m" / "config.json").read_text())["seeds"] == [13, 21, 1, 2, 3]
     report = (tmp_path / "m" / "report.md").read_text()
     assert "seeds: 13, 21, 1, 2, 3" in report
@@ -76,3 +76,13 @@ def test_clashing_parts_are_refused_naming_the_part(tmp_path, capsys, clash, mes
     err = capsys.readouterr().err
     assert message in err and str(b / "study.json") in err
     assert not (tmp_path / "m").exists()
+
+
+def test_an_allowed_difference_is_named_in_the_report(tmp_path):
+    merge = load_merge()
+    a = write_part(tmp_path / "a", [13], "GPU", model="/gpu/minilm-fp16")
+    b = write_part(tmp_path / "b", [21], "CPU", model="minilm")
+    assert merge.main([str(tmp_path / "m"), str(a), str(b)]) == 2
+    assert merge.main([str(tmp_path / "m"), str(a), str(b), "--allow-differ", "model"]) == 0
+    report = (tmp_path / "m" / "report.md").read_text()
+    assert "differ in model (seeds 13: /gpu/minilm-fp16; seeds 21: minilm)" in report
