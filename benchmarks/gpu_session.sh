@@ -2,8 +2,9 @@
 # The GPU checks of a session that is lent a device machine, as one prepared call (under 10 minutes).
 #
 # Here, once (CPU machine, venv active):   bash benchmarks/gpu_session.sh prepare
-#   writes .gpu-carry/ (git-ignored, < 64 MiB): a half-precision copy of the default model (metaft loads it
-#   back in float32) and the g1 corpora, packed. (all-mpnet-base-v2 is 438 MB even in half precision: more than
+#   writes .gpu-carry/ (git-ignored, < 64 MiB): a half-precision copy of the default model with all its other
+#   files (metaft loads it back in float32; without the sentence-transformers files head_pooling / head_normalize
+#   auto would resolve to another head: prepare checks it) and the g1 corpora, packed. (all-mpnet-base-v2 is 438 MB even in half precision: more than
 #   a call can carry, so its study runs on CPU.)
 # There, one `run` call with carry [".gpu-carry"] and timeout_s 600:   bash benchmarks/gpu_session.sh run
 #   (extra arguments go to every `metaft run`; a CPU smoke test of this path:
@@ -30,11 +31,28 @@ prepare)
     corpora="${METAFT_CORPORA:-../shared/data}"
     mkdir -p "$carry"
     python3 - "$carry/minilm-fp16" <<'PY'
+import shutil
 import sys
+from pathlib import Path
+
 from transformers import AutoModel
-from metaft.hub import load_tokenizer, resolve_model
-AutoModel.from_pretrained(resolve_model("minilm")).half().save_pretrained(sys.argv[1])
-load_tokenizer("minilm").save_pretrained(sys.argv[1])
+
+from metaft.heads import resolve_normalize, resolve_pooling
+from metaft.hub import resolve_model
+
+# every file of the model folder but its weights (the sentence-transformers files decide what head_pooling and
+# head_normalize auto resolve to), then the weights in half precision
+src, dest = Path(resolve_model("minilm")), Path(sys.argv[1])
+shutil.rmtree(dest, ignore_errors=True)
+shutil.copytree(src, dest, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.h5", "*.onnx", "*.msgpack",
+                                                         "onnx", "openvino", ".git*", "README.md"))
+AutoModel.from_pretrained(src).half().save_pretrained(dest)
+for name, source in (("minilm", "minilm"), ("the copy", str(dest))):
+    pooling = resolve_pooling("auto", source)
+    print(f"{name}: head_pooling auto -> {pooling}, head_normalize auto -> {resolve_normalize('auto', pooling, source)}")
+if (resolve_pooling("auto", str(dest)), resolve_normalize("auto", resolve_pooling("auto", str(dest)), str(dest))) != \
+        (resolve_pooling("auto", "minilm"), resolve_normalize("auto", resolve_pooling("auto", "minilm"), "minilm")):
+    sys.exit("the half-precision copy resolves head_pooling / head_normalize auto differently from minilm")
 PY
     tar czf "$carry/corpora.tgz" -C "$corpora" SHA256SUMS README.md sst2 mr cr
     du -sh "$carry"
@@ -50,6 +68,8 @@ run)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
     model="$PWD/$carry/minilm-fp16"
+    python3 -c "import sys; from metaft.config import StudyConfig; from metaft.study import head_note; \
+print(head_note(StudyConfig(model=sys.argv[1])))" "$model"
     s0=$(date +%s)
     if ! timeout 120 python3 -m metaft run --config benchmarks/configs/g1.yaml --model "$model" --pack auto \
             --seeds 42 13 --meta epochs=0.05 --finetune epochs=0.1 --finetune test_limit=40 --out /tmp/smoke "$@" \

@@ -1,18 +1,21 @@
 """Merge study folders of one study run in parts (disjoint seeds, the same settings) into one study folder, and
 write its report: e.g. the 20-seed g1 study as the 5-seed g1 study plus a run of the 15 other seeds.
 
-    python benchmarks/merge_studies.py OUT STUDY_DIR STUDY_DIR... [--complete-seeds]
+    python benchmarks/merge_studies.py OUT STUDY_DIR STUDY_DIR... [--complete-seeds] [--allow-differ KEY ...]
 
 Each part's ``study.json`` is read (``--complete-seeds``: only its seeds whose every unit finished); the parts
-must agree on every setting but the seeds and how they were run (out, pack, jobs, force), and no seed may be in
-two parts. OUT gets ``study.json``, ``config.json`` (the first part's, with the union of seeds in order),
-``report.md`` and the plots. The machine line lists each part's machine.
+must agree on every setting but the seeds and how they were run (out, pack, jobs, force) and the settings named
+by ``--allow-differ`` (e.g. ``model``: a half-precision copy of the same model carried to a GPU), and no seed may
+be in two parts. OUT gets ``study.json``, ``config.json`` (the first part's, with the union of seeds in order),
+``report.md`` and the plots. The report's machine line names each part's machine and seeds, and its
+hyper-parameter line each allowed difference.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -29,12 +32,13 @@ def seeds_of(study: StudyResults) -> list[int]:
     return list(dict.fromkeys(u.seed for u in study.units))
 
 
-def merge(parts: list[tuple[Path, StudyResults]]) -> StudyResults:
+def merge(parts: list[tuple[Path, StudyResults]], allow_differ: tuple[str, ...] = ()) -> StudyResults:
     """One study of every part's records; DataError naming the part whose settings or seeds clash."""
     (first_dir, first), seen = parts[0], {}
-    shared = {k: v for k, v in first.config.items() if k not in RUN_ONLY}
+    free = (*RUN_ONLY, *allow_differ)
+    shared = {k: v for k, v in first.config.items() if k not in free}
     for path, study in parts:
-        other = {k: v for k, v in study.config.items() if k not in RUN_ONLY}
+        other = {k: v for k, v in study.config.items() if k not in free}
         differ = sorted(k for k in shared.keys() | other.keys() if shared.get(k) != other.get(k))
         if differ:
             raise DataError(path / "study.json", f"settings differ from {first_dir}: {', '.join(differ)}")
@@ -44,9 +48,16 @@ def merge(parts: list[tuple[Path, StudyResults]]) -> StudyResults:
             seen[seed] = path
     lists = {f.name: [x for _, s in parts for x in getattr(s, f.name)]
              for f in dataclasses.fields(StudyResults) if isinstance(getattr(first, f.name), list)}
-    machines = "; ".join(dict.fromkeys(s.machine.get("description", "unknown") for _, s in parts))
+    def which(study: StudyResults) -> str:
+        return "seeds " + ", ".join(map(str, seeds_of(study)))
+
+    machines = "; ".join(f"{s.machine.get('description', 'unknown')} ({which(s)})" for _, s in parts)
+    differ = [f"{key} ({'; '.join(f'{which(s)}: {s.config.get(key)}' for _, s in parts)})" for key in allow_differ
+              if len({json.dumps(s.config.get(key), sort_keys=True) for _, s in parts}) > 1]
+    note = first.hyperparameter_note + (f"; the merged parts differ in {', '.join(differ)}" if differ else "")
     config = {**first.config, "seeds": list(seen)}
-    return dataclasses.replace(first, config=config, machine={**first.machine, "description": machines}, **lists)
+    return dataclasses.replace(first, config=config, machine={**first.machine, "description": machines},
+                               hyperparameter_note=note, **lists)
 
 
 def main(argv=None) -> int:
@@ -54,13 +65,14 @@ def main(argv=None) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("parts", type=Path, nargs="+")
     p.add_argument("--complete-seeds", action="store_true", help="only each part's seeds whose units all finished")
+    p.add_argument("--allow-differ", nargs="+", default=[], metavar="KEY", help="settings the parts may differ in")
     args = p.parse_args(argv)
     parts = []
     for path in args.parts:
         study = read_study(path / "study.json")
         parts.append((path, study.only_seeds(complete_seeds(study)) if args.complete_seeds else study))
     try:
-        merged = merge(parts)
+        merged = merge(parts, tuple(args.allow_differ))
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

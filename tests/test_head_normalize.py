@@ -150,3 +150,16 @@ def test_the_probe_warm_start_of_the_normalised_mean_head_is_the_frozen_lr_refer
                        fit["model"].predict_proba(test_x)[:, [list(fit["model"].classes_).index(lab)
                                                               for lab in labels]], atol=2e-2)
     assert reference["test_accuracy"] == float(np.mean(np.asarray(predicted) == test_y))
+
+
+def test_the_study_note_names_the_head_auto_resolved_to(tiny_model_dir, st_dir):
+    """A copy of a model without its sentence-transformers files resolves ``auto`` to another head: the study's
+    report line says which head each stage got."""
+    from metaft.config import StudyConfig
+    from metaft.study import hyperparameter_note
+
+    with_files = hyperparameter_note(StudyConfig(model=str(st_dir)))
+    assert ("meta stage mean pooling, L2-normalised, new head; fine-tuning mean pooling, L2-normalised, "
+            "probe-fitted head") in with_files
+    bare = hyperparameter_note(StudyConfig(model=str(tiny_model_dir)))
+    assert "meta stage pooler pooling, new head; fine-tuning pooler pooling, probe-fitted head" in bare

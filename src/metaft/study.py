@@ -329,8 +329,22 @@ def hyperparameter_note(cfg: StudyConfig) -> str:
     recipe = StudyConfig()
     origin = ("the reference few-shot recipe, unchanged" if (cfg.meta, cfg.finetune) == (recipe.meta, recipe.finetune)
               else "set in config.json")
-    return (f"{origin} (meta stage: {fmt(cfg.meta)}; fine-tuning: {fmt(cfg.finetune)}); no setting was tuned "
-            "on a test set, and every checkpoint is selected on a dev set")
+    return (f"{origin} (meta stage: {fmt(cfg.meta)}; fine-tuning: {fmt(cfg.finetune)}); {head_note(cfg)}; no "
+            "setting was tuned on a test set, and every checkpoint is selected on a dev set")
+
+
+def head_note(cfg: StudyConfig) -> str:
+    """The classification head as resolved for the study's model (``auto`` depends on the checkpoint's files, so
+    a copy of a model without its sentence-transformers files gets another head: the report must say which)."""
+    from .heads import resolve_normalize, resolve_pooling
+
+    def one(section) -> str:
+        pooling = resolve_pooling(section.head_pooling, cfg.model)
+        normalised = resolve_normalize(section.head_normalize, pooling, cfg.model)
+        start = {"reinit": "new", "probe": "probe-fitted", "keep": "kept"}[section.head]
+        return f"{pooling} pooling{', L2-normalised' if normalised else ''}, {start} head"
+
+    return f"classification head: meta stage {one(cfg.meta)}; fine-tuning {one(cfg.finetune)}"
 
 
 __all__ = ["StudyConfig", "run_study"]

@@ -1,0 +1,88 @@
+"""benchmarks/merge_studies.py: study parts with disjoint seeds and the same settings become one study."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from metaft.results import read_study
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+DOMAINS = ["SST-2", "MR", "CR"]
+VARIANTS = ["baseline", "mft"]
+
+
+def load_merge():
+    spec = importlib.util.spec_from_file_location("bench_merge_studies", BENCHMARKS / "merge_studies.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_part(folder: Path, seeds: list[int], machine: str, **config) -> Path:
+    rng = random.Random(sum(seeds))
+    units = [{"seed": s, "variant": v, "domain": d, "test_accuracy": round(rng.uniform(0.5, 0.9), 4),
+              "test_macro_f1": 0.5, "dev_accuracy": 0.6, "wall_time_s": 1.0, "path": f"seed-{s}/{v}/{d}"}
+             for s in seeds for v in VARIANTS for d in DOMAINS]
+    study = {"config": {"group": "g1", "k": 16, "model": "minilm", "domains": DOMAINS, "ablations": [],
+                        "seeds": seeds, "out": str(folder), **config},
+             "machine": {"description": machine}, "units": units,
+             "meta": [{"seed": s, "variant": "mft", "dev_accuracy": 0.7, "wall_time_s": 2.0,
+                       "path": f"seed-{s}/meta/mft"} for s in seeds]}
+    folder.mkdir(parents=True)
+    (folder / "study.json").write_text(json.dumps(study))
+    return folder
+
+
+def test_parts_merge_into_one_study_with_every_seed(tmp_path):
+    merge = load_merge()
+    a = write_part(tmp_path / "a", [13, 21], "GPU", pack=None)
+    b = write_part(tmp_path / "b", [1, 2, 3], "CPU", pack=1)  # run differently: allowed
+    assert merge.main([str(tmp_path / "m"), str(a), str(b)]) == 0
+    merged = read_study(tmp_path / "m" / "study.json")
+    assert merged.config["seeds"] == [13, 21, 1, 2, 3]
+    assert len(merged.units) == 5 * len(VARIANTS) * len(DOMAINS) and len(merged.meta) == 5
+    assert merged.machine["description"] == "GPU (seeds 13, 21); CPU (seeds 1, 2, 3)"
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["seeds"] == [13, 21, 1, 2, 3]
+    report = (tmp_path / "m" / "report.md").read_text()
+    assert "seeds: 13, 21, 1, 2, 3" in report
+
+
+def test_complete_seeds_leave_out_a_part_s_unfinished_seed(tmp_path):
+    merge = load_merge()
+    a = write_part(tmp_path / "a", [13, 21], "GPU")
+    study = json.loads((a / "study.json").read_text())
+    study["units"] = [u for u in study["units"] if (u["seed"], u["domain"]) != (21, "CR")]
+    (a / "study.json").write_text(json.dumps(study))
+    b = write_part(tmp_path / "b", [21], "CPU")  # seed 21 finished elsewhere
+    assert merge.main([str(tmp_path / "m"), str(a), str(b), "--complete-seeds"]) == 0
+    merged = read_study(tmp_path / "m" / "study.json")
+    assert merged.config["seeds"] == [13, 21]
+    assert {u.seed for u in merged.units if u.domain == "CR"} == {13, 21}
+    assert merge.main([str(tmp_path / "m2"), str(a), str(b)]) == 2  # without it: seed 21 is in both
+
+
+@pytest.mark.parametrize("clash, message", [("label_noise", "settings differ from"), ("seed", "seed 13 is also in")])
+def test_clashing_parts_are_refused_naming_the_part(tmp_path, capsys, clash, message):
+    merge = load_merge()
+    a = write_part(tmp_path / "a", [13], "GPU", label_noise=0.0)
+    b = write_part(tmp_path / "b", [13] if clash == "seed" else [21], "CPU",
+                   label_noise=0.2 if clash == "label_noise" else 0.0)
+    assert merge.main([str(tmp_path / "m"), str(a), str(b)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(b / "study.json") in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_an_allowed_difference_is_named_in_the_report(tmp_path):
+    merge = load_merge()
+    a = write_part(tmp_path / "a", [13], "GPU", model="/gpu/minilm-fp16")
+    b = write_part(tmp_path / "b", [21], "CPU", model="minilm")
+    assert merge.main([str(tmp_path / "m"), str(a), str(b)]) == 2
+    assert merge.main([str(tmp_path / "m"), str(a), str(b), "--allow-differ", "model"]) == 0
+    report = (tmp_path / "m" / "report.md").read_text()
+    assert "differ in model (seeds 13: /gpu/minilm-fp16; seeds 21: minilm)" in report
