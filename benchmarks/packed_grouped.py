@@ -12,7 +12,7 @@ padded to ``--width`` tokens (``pad_to_length``), dropout on, fp32 (``--bf16``: 
 Parts (every figure is written to the JSON as soon as it is measured):
 - profile: a bank of ``--profile-runs`` R, stage 3 and stage 2, each forward (vmap, grouped): mean seconds per
   step of batch building, forward + loss, backward (and the rest of ``train_step``), clipping, optimizer
-  (AdamW, schedule, zero_grad), the per-step metrics.jsonl records; per evaluation: dev evaluation of all R
+  (AdamW, schedule, zero_grad), the metrics.jsonl records (kept, then written at once); per evaluation: dev evaluation of all R
   runs (no run improves; every run improves: best copies in memory; on a CPU also in grouped forwards, the
   CUDA default), writing every run's best folder, and saving the bank's state.
 - speed: step time of proxy stage-3 banks of R = ``--runs`` per forward (median over ``--steps`` steps after
@@ -151,6 +151,9 @@ def profile_bank(bank, args, sync) -> dict:
         t0 = time.perf_counter()
         bank.log_step(logged, 0.0)
         parts["log_metrics"] = parts.get("log_metrics", 0.0) + time.perf_counter() - t0
+    t0 = time.perf_counter()
+    bank.flush_logs()  # the kept training records written (at each evaluation in a bank's loop)
+    parts["log_metrics"] = parts.get("log_metrics", 0.0) + time.perf_counter() - t0
     for owner, name, fn in originals:  # the state saved below pickles the optimizer and the schedule
         setattr(owner, name, fn)
     out = {k: v / args.steps for k, v in parts.items()}

@@ -165,3 +165,22 @@ def test_grouped_evaluation_reports_each_runs_metrics_and_nan():
     assert res[0]["accuracy"] == 1.0 and res[0]["n"] == 5
     assert isinstance(res[1], NonFiniteError) and "3 of 3" in str(res[1])
     assert res[2]["n"] == 7 and res[2]["accuracy"] == pytest.approx(4 / 7)
+
+
+def test_clip_runs_scales_each_run_by_its_own_norm():
+    from metaft.bank_forward import clip_runs
+
+    gen = torch.Generator().manual_seed(3)
+    grads = [torch.randn(3, 4, 5, generator=gen), torch.randn(3, 7, generator=gen)]
+    grads[0][1] *= 1e-3  # run 1 is within the limit
+    grads[1][1] *= 1e-3
+    norms_alone = [torch.linalg.vector_norm(torch.cat([g[r].flatten() for g in grads])) for r in range(3)]
+    for always in (False, True):
+        mine = [g.clone() for g in grads]
+        norms = clip_runs(mine, 1.0, always_scale=always)
+        assert torch.allclose(norms, torch.stack(norms_alone))
+        for r in range(3):
+            coef = min(1.0, 1.0 / (float(norms_alone[r]) + 1e-6))
+            for g, m in zip(grads, mine):
+                assert torch.allclose(m[r], g[r] * coef)
+        assert torch.equal(mine[0][1], grads[0][1])  # run 1 untouched (x 1.0)

@@ -52,8 +52,8 @@ from torch import nn
 
 from .bank_data import BankBatches, stack_runs
 from .bank_eval import evaluate_runs, non_finite_runs
-from .bank_forward import adamw_groups, classifier_output, vmapped_output, within
-from .checkpoints import append_metrics, save_bank_state
+from .bank_forward import adamw_groups, classifier_output, clip_runs, vmapped_output, within
+from .checkpoints import PendingTrainRecords, append_metrics, save_bank_state
 from .devices import make_accelerator
 from .errors import ConfigError
 from .evaluation import NonFiniteError, evaluate
@@ -129,6 +129,7 @@ class Bank:
         self.state_dir, self.identity = state_dir, identity or {}
         self.diverged: dict[int, str] = {}  # run -> why it was stopped
         self.frozen: dict[int, dict[str, torch.Tensor]] = {}  # run -> its weights when it was stopped
+        self.train_records = PendingTrainRecords([m.run_dir for m in members])
         self.best_params: dict[str, torch.Tensor] = {}  # [R, ...]: each run's best weights (made at the first best)
         self.unwritten: set[int] = set()  # runs whose best in best_params is not on disk yet
         self.on_disk: dict[int, str | None] = {r: None for r in range(self.size)}  # run -> its best folder written
@@ -184,8 +185,9 @@ class Bank:
         loss = run_cross_entropy(self.outputs(stacked)[0], stacked["labels"])
         return {"cls": loss, "total": loss}
 
-    def train_step(self) -> list[dict[str, float]]:
-        """One optimiser step of every run; returns each run's logged values (lr, grad_norm, losses)."""
+    def train_step(self) -> dict:
+        """One optimiser step of every run; returns what :meth:`log_step` logs: lr, the names of the logged values
+        (losses, grad_norm) and their values [names, R], still on the device (read at the next flush)."""
         with self.acc.autocast():
             parts = self.losses(self.batch(self.step))
         losses = parts["total"]
@@ -209,20 +211,12 @@ class Bank:
         self.restore_frozen()
         names = [f"loss_{k}" for k in parts] + (["grad_norm"] if norms is not None else [])
         values = torch.stack([v.detach().float() for v in [*parts.values(), *([norms] if norms is not None else [])]])
-        return [{"lr": lr, **dict(zip(names, column))} for column in values.cpu().T.tolist()]  # one transfer
+        return {"lr": lr, "names": names, "values": values}
 
     def clip(self) -> torch.Tensor:
-        """Per-run ``clip_grad_norm_``: run r's gradients scaled by min(1, max_norm / (its norm + 1e-6)).
-        Returns the R norms. A tensor the loss does not use (a pooled head's unused pooler) has no gradient and, as
-        alone, is left alone by AdamW."""
-        grads = [p.grad for p in self.params.values() if p.grad is not None]
-        per_tensor = torch.stack([torch.linalg.vector_norm(g.reshape(self.size, -1), dim=1) for g in grads])
-        norms = torch.linalg.vector_norm(per_tensor, dim=0)  # [R]
-        coef = (self.cfg.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-        if bool((coef < 1.0).any()):
-            for g in grads:
-                g.mul_(coef.view(-1, *([1] * (g.ndim - 1))))
-        return norms
+        """Per-run gradient clipping (:func:`metaft.bank_forward.clip_runs`; on CUDA without a device sync)."""
+        return clip_runs([p.grad for p in self.params.values() if p.grad is not None], self.cfg.max_grad_norm,
+                         always_scale=self.device.type == "cuda")
 
     # -- runs that diverged
     def freeze(self, r: int, why: str) -> None:
@@ -338,6 +332,7 @@ class Bank:
     def evaluate_and_checkpoint(self, elapsed_s: float, runs: list[int] | None = None) -> None:
         """Evaluate the runs still going (of ``runs``, default all) on dev, checkpoint the better ones, and save
         the bank's state when ``save_state_every_s`` has passed since the last save."""
+        self.flush_logs()  # the training records before the dev records
         for r, bad in non_finite_runs(self.params).items():
             if r not in self.diverged and (runs is None or r in runs):
                 self.freeze(r, f"{len(bad)} weight tensor(s) hold NaN / inf at step {self.step} (e.g. {bad[0]})")
@@ -374,13 +369,13 @@ class Bank:
             self.state_saved_at = time.monotonic()
 
     # -- the loop
-    def log_step(self, logged: list[dict[str, float]], elapsed_s: float) -> None:
-        """Append the step's training record to the metrics.jsonl of every run still going."""
-        for r, (member, values) in enumerate(zip(self.members, logged)):
-            if r not in self.diverged:
-                append_metrics(member.run_dir, {"kind": "train", "step": self.step,
-                                                "epoch": self.step / self.steps_per_epoch,
-                                                "elapsed_s": round(elapsed_s, 3), **values})
+    def log_step(self, logged: dict, elapsed_s: float) -> None:
+        """Keep the step's training record of every run still going (written at the next :meth:`flush_logs`)."""
+        self.train_records.add(logged, self.step, self.step / self.steps_per_epoch, elapsed_s,
+                               [r for r in range(self.size) if r not in self.diverged])
+
+    def flush_logs(self) -> None:
+        self.train_records.flush()
 
     def train(self) -> float:
         """Train every run to its end (or until it is stopped), evaluating and checkpointing as the one-run loop
@@ -396,5 +391,6 @@ class Bank:
             self.log_step(self.train_step(), elapsed())
             if self.step % every == 0 or self.step == self.total_steps:
                 self.evaluate_and_checkpoint(elapsed())
+        self.flush_logs()
         self.write_best()
         return elapsed()

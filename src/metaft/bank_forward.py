@@ -52,6 +52,21 @@ def vmapped_output(model: nn.Module, params: dict, buffers: dict, inputs: dict[s
     return out if hidden_states else (out, None)
 
 
+def clip_runs(grads: list[torch.Tensor], max_norm: float, always_scale: bool = False) -> torch.Tensor:
+    """Per-run ``clip_grad_norm_`` of stacked [R, ...] gradients: run r's scaled by min(1, max_norm / (its global
+    norm + 1e-6)); returns the R norms. Unless ``always_scale`` (no device sync), the scaling pass is skipped when
+    no run needs it (it would multiply by 1). A tensor the loss does not use has no gradient: pass only the
+    others (as alone, AdamW leaves a tensor without a gradient alone)."""
+    runs = grads[0].shape[0]
+    norms = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.reshape(runs, -1), dim=1)
+                                                  for g in grads]), dim=0)  # [R]
+    coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    if always_scale or bool((coef < 1.0).any()):
+        for g in grads:
+            g.mul_(coef.view(-1, *([1] * (g.ndim - 1))))
+    return norms
+
+
 def adamw_groups(params: dict[str, torch.Tensor], head: Collection[str], learning_rate: float,
                  head_learning_rate: float | None, weight_decay: float) -> list[dict]:
     """:func:`metaft.training.build_optimizer`'s groups for stacked [R, ...] tensors: weight decay on matrices and

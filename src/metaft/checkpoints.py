@@ -22,9 +22,36 @@ BANK_INFO = "bank.json"
 BANK_PARAMS = "bank_params.safetensors"
 
 
-def append_metrics(run_dir: Path, record: dict) -> None:
+def append_metrics(run_dir: Path, record: dict | list[dict]) -> None:
+    """Append one record (or several, in one write) to the run's metrics.jsonl."""
+    records = [record] if isinstance(record, dict) else record
+    if not records:
+        return
     with writing(run_dir / METRICS_FILE), open(run_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, sort_keys=True) + "\n")
+        fh.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+class PendingTrainRecords:
+    """A bank's training records, kept until :meth:`flush` appends them to each run's metrics.jsonl: the logged
+    values stay on the device until then, so the host reads them once per flush instead of waiting for the device
+    at every step."""
+
+    def __init__(self, run_dirs: list[Path]):
+        self.run_dirs, self.pending = run_dirs, []
+
+    def add(self, logged: dict, step: int, epoch: float, elapsed_s: float, runs: list[int]) -> None:
+        """``logged``: lr, names and values [names, R] (a tensor) of ``step``; ``runs``: the runs to log it for."""
+        self.pending.append({**logged, "step": step, "epoch": epoch, "elapsed_s": round(elapsed_s, 3), "runs": runs})
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        values = torch.stack([p["values"] for p in self.pending]).cpu().tolist()  # [steps, names, R]
+        for r, run_dir in enumerate(self.run_dirs):
+            append_metrics(run_dir, [{"kind": "train", "step": p["step"], "epoch": p["epoch"], "lr": p["lr"],
+                                      "elapsed_s": p["elapsed_s"], **{n: v[i][r] for i, n in enumerate(p["names"])}}
+                                     for p, v in zip(self.pending, values) if r in p["runs"]])
+        self.pending.clear()
 
 
 def truncate_metrics(run_dir: Path, step: int) -> None:
