@@ -50,7 +50,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .bank_data import BankBatches, stack_runs
+from .bank_data import BankBatches, stack_runs, to_device
 from .bank_eval import evaluate_runs, non_finite_runs
 from .bank_forward import adamw_groups, classifier_output, clip_runs, vmapped_output, within
 from .checkpoints import PendingTrainRecords, append_metrics, save_bank_state
@@ -178,7 +178,7 @@ class Bank:
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         """The step's batch of every run stacked, [R, B, ...], on the bank's device (``host_batch``: on the CPU)."""
         self.host_batch = self.batches(step)
-        return {k: v.to(self.device, non_blocking=True) for k, v in self.host_batch.items()}
+        return {k: to_device(v, self.device) for k, v in self.host_batch.items()}
 
     def losses(self, stacked: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each run's loss parts, [R] each, with ``total`` the one to minimise (stage 3: cross-entropy)."""
@@ -196,8 +196,10 @@ class Bank:
             for r in (~finite).nonzero().flatten().tolist():
                 if r not in self.diverged:
                     self.freeze(r, f"the loss is {losses[r].item()} at step {self.step + 1}")
-        live = torch.tensor([r not in self.diverged for r in range(self.size)], device=losses.device)
-        torch.where(live, losses, torch.zeros_like(losses)).sum().backward()
+        if self.diverged:
+            live = to_device(torch.tensor([r not in self.diverged for r in range(self.size)]), self.device)
+            losses = torch.where(live, losses, torch.zeros_like(losses))
+        losses.sum().backward()
         if self.diverged:  # a stopped run's gradients (maybe NaN) never reach its weights or AdamW moments
             for p in self.params.values():
                 if p.grad is not None:
@@ -283,7 +285,7 @@ class Bank:
         def logits(items: list[list[dict]]) -> torch.Tensor:
             batch = stack_runs(items, collators, pads)
             with self.acc.autocast():
-                return grouped_output(model, params, {k: batch[k].to(self.device, non_blocking=True)
+                return grouped_output(model, params, {k: to_device(batch[k], self.device)
                                                       for k in MODEL_INPUT_KEYS if k in batch})[0]
         model.eval()
         try:

@@ -56,3 +56,9 @@ def stack_runs(items: list[list[dict]], collators: list, pad_ids: list[int]) -> 
         else:
             out[key] = torch.stack([b[key] for b in batches])
     return out
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; to CUDA through pinned memory, since a copy from pageable memory waits for all the work
+    queued on the GPU (a device sync every step)."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)

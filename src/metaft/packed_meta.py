@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from .bank import Bank, Member
+from .bank_data import to_device
 from .bank_forward import classifier_output, within
 from .bank_plan import bank_key, model_config
 from .config import MetaConfig
@@ -76,11 +77,11 @@ class MetaBank(Bank):
         """Every run's (cls, domain, total) losses, [R] each, computed for all runs at once."""
         coeff = grl_coefficient(self.step / self.total_steps)
         domains, mask, c = stacked["domains"], stacked["attention_mask"], self.coeffs
-        targets = torch.stack([
+        targets = to_device(torch.stack([
             corrupted_domain_targets(self.host_batch["domains"][r], len(self.layers), step_generator(m.cfg.seed, self.step),
                                      m.cfg.corruption, len(self.domains))
             if m.cfg.domain_loss == "corrupt" else torch.zeros(len(self.layers), domains.shape[1], dtype=torch.long)
-            for r, m in enumerate(self.members)]).to(self.device)  # [R, L, B]
+            for r, m in enumerate(self.members)]), self.device)  # [R, L, B]
         class_logits, hidden_states = self.outputs(stacked, hidden_states=True)
         weights = torch.where(c["use_weights"][:, None], stacked["weights"], torch.ones_like(stacked["weights"]))
         cls = run_cross_entropy(class_logits, stacked["labels"], weights)
