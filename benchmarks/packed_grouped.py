@@ -17,6 +17,9 @@ Parts (every figure is written to the JSON as soon as it is measured):
   CUDA default), writing every run's best folder, and saving the bank's state.
 - speed: step time of proxy stage-3 banks of R = ``--runs`` per forward (median over ``--steps`` steps after
   ``--warmup``), and per run-step.
+- ops (not in the default parts): operator calls that launch a kernel (view and metadata operators left out)
+  per training step and per dev evaluation of a proxy bank of 4, stage 3 and stage 2, per forward, from
+  torch.profiler: what a GPU step pays in launches when it is bound by host overhead.
 - minilm: the real default model (``--model``): the one-run path (``stages.finetune``) and banks of
   ``--minilm-runs`` per forward, ``--minilm-steps`` steps each, and the per-evaluation costs as in profile.
 """
@@ -45,7 +48,8 @@ FORWARDS = {"vmap": False, "grouped": True}
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", nargs="+", choices=("profile", "speed", "minilm"), default=["profile", "speed", "minilm"])
+    p.add_argument("--parts", nargs="+", choices=("profile", "speed", "minilm", "ops"),
+                   default=["profile", "speed", "minilm"])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--runs", type=int, nargs="+", default=[1, 8, 30], help="speed: bank sizes")
     p.add_argument("--profile-runs", type=int, default=30)
@@ -202,6 +206,34 @@ def step_times(bank, args, sync, steps: int) -> dict:
             "s_per_step_mean": statistics.fmean(times), "timed_steps": steps}
 
 
+VIEWS = {"aten::" + n for n in ("view", "reshape", "transpose", "t", "permute", "expand", "select", "slice",
+                                  "unsqueeze", "squeeze", "detach", "as_strided", "alias", "unbind", "split",
+                                  "flatten", "lift_fresh", "item", "_local_scalar_dense", "is_nonzero", "numpy_T",
+                                  "unflatten", "_unsafe_view", "contiguous", "to", "_to_copy", "empty", "empty_like",
+                                  "empty_strided", "new_empty_strided", "resize_", "result_type", "lift")}
+
+
+def op_counts(bank) -> dict:
+    """Top-level operator calls (not nested in another) of one training step and of one dev evaluation."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def count(fn) -> int:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        events = sorted((e for e in prof.events() if e.name.startswith("aten::")), key=lambda e: e.time_range.start)
+        n, end = 0, -1
+        for e in events:
+            if e.time_range.start >= end:
+                end = e.time_range.end
+                n += e.name not in VIEWS
+        return n
+    for _ in range(2):
+        bank.log_step(bank.train_step(), 0.0)
+    bank.state_saved_at = time.monotonic()
+    return {"kernel_ops_per_step": count(lambda: bank.log_step(bank.train_step(), 0.0)),
+            "kernel_ops_per_dev_eval": count(lambda: bank.evaluate_and_checkpoint(0.0))}
+
+
 def unit_step_time(work: Path, model: str, args) -> dict:
     """The one-run path (stages.finetune) on one proxy stage-3 unit: median step time from its metrics.jsonl."""
     import json
@@ -248,6 +280,13 @@ def main(argv=None) -> None:
                 for name, grouped in FORWARDS.items():
                     save("profile", f"{stage}-R{args.profile_runs}-{name}",
                          profile_bank(make_bank(runs, grouped, device), args, sync))
+        if "ops" in args.parts:
+            for stage, meta in (("stage3", False), ("stage2", True)):
+                runs = prepared_runs(work, proxy, 4, meta, args, f"ops-{stage}")
+                for name, grouped in FORWARDS.items():
+                    bank = make_bank(runs, grouped, device)
+                    bank.group_eval = grouped  # as on CUDA
+                    save("ops", f"{stage}-R4-{name}", op_counts(bank))
         if "speed" in args.parts:
             for r in args.runs:
                 runs = prepared_runs(work, proxy, r, False, args, f"speed-{r}")
