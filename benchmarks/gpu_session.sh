@@ -12,6 +12,8 @@
 #   --meta epochs=0.02 --finetune epochs=0.05 --finetune test_limit=40)
 #   (0) a smoke study on the device (2 seeds, every variant, a few steps, packed): if it fails the call stops
 #       at once, so the device time left can go to a fixed rerun;
+#   (0b) benchmarks/packed_grouped.py --parts minilm on CUDA (60 s cap): the one-run path and banks of 30 with
+#       the vmap and the grouped forward, step times on the real model (packed-grouped-cuda.json);
 #   (1) the 5-seed g1 study at the defaults (benchmarks/configs/g1.yaml), packed (--pack auto): issue 16's
 #       study and issue 17's wall-time target (< 3 minutes, model loading and every evaluation included);
 #   (2) the label-noise control (benchmarks/configs/g1-noise.yaml), packed (issue 16);
@@ -77,6 +79,10 @@ print(head_note(StudyConfig(model=sys.argv[1])))" "$model"
         tail -n 60 "$OUT/smoke.log"; echo "SMOKE FAILED after $(( $(date +%s) - s0 )) s: stopping"; exit 1
     fi
     echo "smoke study: $(( $(date +%s) - s0 )) s wall" | tee "$OUT/timings.txt"
+    timeout 60 python3 benchmarks/packed_grouped.py --device cuda --parts minilm --model "$model" --bf16 \
+        --minilm-runs 30 --minilm-steps 30 --out "$OUT/packed-grouped-cuda.json" > "$OUT/packed-grouped.log" 2>&1 \
+        || echo "packed_grouped.py failed or was cut at 60 s (figures so far kept)"
+    tail -n 8 "$OUT/packed-grouped.log"
     study() {  # name, seconds: run (or resume) benchmarks/configs/<name>.yaml, packed, and pack its results
         local name="$1" limit="$2"; shift 2
         local s0 dir="/tmp/out-$name/$name"; s0=$(date +%s)

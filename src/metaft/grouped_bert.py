@@ -45,6 +45,7 @@ def supports(model: nn.Module) -> bool:
         return False
     config = encoder.config
     return (not getattr(config, "is_decoder", False) and not getattr(config, "add_cross_attention", False)
+            and getattr(config, "position_embedding_type", "absolute") == "absolute"
             and isinstance(config.hidden_act, str) and config.hidden_act in ACT2FN
             and (type(model) is not BertForSequenceClassification or encoder.pooler is not None))
 
