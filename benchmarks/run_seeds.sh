@@ -28,7 +28,8 @@ for seed in "${seeds[@]}"; do
     mkdir -p "$dest/parts/seed-$seed"
     cp "$run/study.json" "$run/config.json" "$run/report.md" "$dest/parts/seed-$seed/"
 done
-python3 benchmarks/merge_studies.py "$dest" "$dest"/parts/seed-* --allow-differ model
+mapfile -t parts < <(ls -d "$dest"/parts/seed-* | sort -t- -k2 -n)  # parts in numeric seed order
+python3 benchmarks/merge_studies.py "$dest" "${parts[@]}" --allow-differ model
 python3 - "$dest" "benchmarks/configs/$name.yaml" <<'PY'
 import json
 import sys
