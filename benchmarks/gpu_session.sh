@@ -49,11 +49,15 @@ shutil.rmtree(dest, ignore_errors=True)
 shutil.copytree(src, dest, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.h5", "*.onnx", "*.msgpack",
                                                          "onnx", "openvino", ".git*", "README.md"))
 AutoModel.from_pretrained(src).half().save_pretrained(dest)
-for name, source in (("minilm", "minilm"), ("the copy", str(dest))):
+def auto_head(source: str) -> tuple[str, bool]:
     pooling = resolve_pooling("auto", source)
-    print(f"{name}: head_pooling auto -> {pooling}, head_normalize auto -> {resolve_normalize('auto', pooling, source)}")
-if (resolve_pooling("auto", str(dest)), resolve_normalize("auto", resolve_pooling("auto", str(dest)), str(dest))) != \
-        (resolve_pooling("auto", "minilm"), resolve_normalize("auto", resolve_pooling("auto", "minilm"), "minilm")):
+    return pooling, resolve_normalize("auto", pooling, source)
+
+
+heads = {name: auto_head(source) for name, source in (("minilm", "minilm"), ("the copy", str(dest)))}
+for name, (pooling, normalize) in heads.items():
+    print(f"{name}: head_pooling auto -> {pooling}, head_normalize auto -> {normalize}")
+if heads["the copy"] != heads["minilm"]:
     sys.exit("the half-precision copy resolves head_pooling / head_normalize auto differently from minilm")
 PY
     tar czf "$carry/corpora.tgz" -C "$corpora" SHA256SUMS README.md sst2 mr cr

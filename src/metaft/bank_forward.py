@@ -16,10 +16,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .grouped_bert import within
 from .modeling_metaft_pooled import MetaftPooledForSequenceClassification
 
 ENCODER = "encoder."
+
+
+def within(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``tensors`` under ``prefix``, named relative to it."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def classifier_output(model: nn.Module, params: dict, buffers: dict, inputs: dict, mask: torch.Tensor,

@@ -71,8 +71,8 @@ def available_memory(device: torch.device) -> int:
 def bank_capacity(num_params: int, device: torch.device, pack: int | None = None,
                   memory: int | None = None) -> int:
     """Runs per bank: ``pack`` if given, else as many as fit (weights + gradients + 2 AdamW moments + the best
-    weights kept until they are written, in fp32, plus a quarter for activations and temporaries, within 80 % of free memory on CUDA / half of it on CPU),
-    capped at :data:`GPU_MAX_PACK` / :data:`CPU_MAX_PACK`."""
+    weights kept until they are written, in fp32, plus a quarter for activations and temporaries, within 80 % of
+    free memory on CUDA / half of it on CPU), capped at :data:`GPU_MAX_PACK` / :data:`CPU_MAX_PACK`."""
     if pack is not None:
         if pack < 1:
             raise ConfigError(f"pack must be >= 1 (1 = one run at a time), got {pack}")

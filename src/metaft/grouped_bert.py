@@ -21,12 +21,9 @@ from torch import nn
 from transformers import BertForSequenceClassification, BertModel
 from transformers.activations import ACT2FN
 
+from .bank_forward import within
 from .modeling_metaft_pooled import MetaftPooledForSequenceClassification
-
-
-def within(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The entries of ``tensors`` under ``prefix``, named relative to it."""
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+from .pooling import masked_mean
 
 
 def encoder_of(model: nn.Module) -> tuple[nn.Module | None, str]:
@@ -71,13 +68,6 @@ def lookup(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     """Dropout with probability ``p`` (0: the tensor itself), masks drawn over every run's elements at once."""
     return F.dropout(x, p, training=True) if p else x
-
-
-def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over real tokens: hidden [R, B, T, H], mask [R, B, T] -> [R, B, H] (:func:`metaft.pooling.masked_mean`
-    per run)."""
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(2) / m.sum(2).clamp(min=1.0)
 
 
 def embeddings(config, p: dict, inputs: dict[str, torch.Tensor], p_drop: float) -> torch.Tensor:

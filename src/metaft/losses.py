@@ -23,17 +23,14 @@ def weighted_cross_entropy(
     """mean_i(w_i * CE_i). logits [B, C], labels [B], weights [B] or None (all ones)."""
     if logits.dim() != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(f"logits must be [B, C] and labels [B]; got {tuple(logits.shape)}, {tuple(labels.shape)}")
-    per_example = F.cross_entropy(logits.float(), labels, reduction="none")
-    if weights is None:
-        return per_example.mean()
-    if weights.shape != labels.shape:
+    if weights is not None and weights.shape != labels.shape:
         raise ValueError(f"weights must be [B] = {tuple(labels.shape)}; got {tuple(weights.shape)}")
-    return (weights.to(per_example.dtype) * per_example).mean()
+    return run_cross_entropy(logits[None], labels[None], None if weights is None else weights[None])[0]
 
 
 def run_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`weighted_cross_entropy` of every run of a bank at once: logits [R, B, C], labels / weights [R, B]
-    -> [R]."""
+    """mean_i(w_i * CE_i) of every run of a bank at once (:func:`weighted_cross_entropy` is one run's): logits
+    [R, B, C], labels / weights [R, B] or None (all ones) -> [R]."""
     per_example = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none")
     per_example = per_example.view(labels.shape)
     if weights is not None:

@@ -31,11 +31,12 @@ from .bank_forward import classifier_output, within
 from .bank_plan import bank_key, model_config
 from .config import MetaConfig
 from .features import MODEL_INPUT_KEYS, EncodedDataset
-from .grouped_bert import linear, lookup, masked_mean
+from .grouped_bert import linear, lookup
 from .heads import resolve_normalize, resolve_pooling
 from .hub import load_tokenizer, usable_max_length
 from .losses import corrupted_domain_targets, grl_coefficient, run_cross_entropy
 from .modeling import DomainHead, MetaLearner, default_domain_layers
+from .pooling import masked_mean
 from .prepared import label_set, read_split, task_name_for
 from .results import META_RESULTS, SNAPSHOT_PREFIX, MetaResult, read_meta_result
 from .steps import seeded, step_generator

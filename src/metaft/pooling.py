@@ -11,9 +11,10 @@ from .errors import ConfigError
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over real tokens only: hidden [B, T, H], mask [B, T] -> [B, H]. Padding never counts."""
+    """Mean over real tokens only: hidden [..., T, H], mask [..., T] -> [..., H] (e.g. [B, T, H] -> [B, H], or a
+    bank's [R, B, T, H] -> [R, B, H]). Padding never counts."""
     m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+    return (hidden * m).sum(-2) / m.sum(-2).clamp(min=1.0)
 
 
 POOLINGS = ("mean", "cls", "pooler")
