@@ -5,9 +5,10 @@ write its report: e.g. the 20-seed g1 study as the 5-seed g1 study plus a run of
 
 Each part's ``study.json`` is read (``--complete-seeds``: only its seeds whose every unit finished); the parts
 must agree on every setting but the seeds and how they were run (out, pack, jobs, force) and the settings named
-by ``--allow-differ`` (e.g. ``model``: a half-precision copy of the same model carried to a GPU), and no seed may
-be in two parts. OUT gets ``study.json``, ``config.json`` (the first part's, with the union of seeds in order),
-``report.md`` and the plots. The report's machine line names each part's machine and seeds, and its
+by ``--allow-differ`` (e.g. ``model``: a half-precision copy of the same model carried to a GPU), no seed may be
+in two parts, and their splits must have been drawn alike (``data``: protocol, test rules, the corpora the pools
+were cleared against, source hashes; parts that predate that record are not checked). OUT gets ``study.json``,
+``config.json`` (the first part's, with the union of seeds in order), ``report.md`` and the plots. The report's machine line names each part's machine and seeds, and its
 hyper-parameter line each allowed difference.
 """
 
@@ -37,11 +38,16 @@ def merge(parts: list[tuple[Path, StudyResults]], allow_differ: tuple[str, ...] 
     (first_dir, first), seen = parts[0], {}
     free = (*RUN_ONLY, *allow_differ)
     shared = {k: v for k, v in first.config.items() if k not in free}
+    drawn_dir, drawn = next(((p, s.data) for p, s in parts if s.data), (None, {}))
     for path, study in parts:
         other = {k: v for k, v in study.config.items() if k not in free}
         differ = sorted(k for k in shared.keys() | other.keys() if shared.get(k) != other.get(k))
         if differ:
             raise DataError(path / "study.json", f"settings differ from {first_dir}: {', '.join(differ)}")
+        if study.data and drawn and study.data != drawn:
+            differ = sorted(k for k in drawn.keys() | study.data.keys() if drawn.get(k) != study.data.get(k))
+            raise DataError(path / "study.json", f"its splits were drawn differently from {drawn_dir}'s "
+                            f"({', '.join(differ)}; e.g. other corpora present where it ran)")
         for seed in seeds_of(study):
             if seed in seen:
                 raise DataError(path / "study.json", f"seed {seed} is also in {seen[seed]}")
@@ -57,7 +63,7 @@ def merge(parts: list[tuple[Path, StudyResults]], allow_differ: tuple[str, ...] 
     note = first.hyperparameter_note + (f"; the merged parts differ in {', '.join(differ)}" if differ else "")
     config = {**first.config, "seeds": list(seen)}
     return dataclasses.replace(first, config=config, machine={**first.machine, "description": machines},
-                               hyperparameter_note=note, **lists)
+                               hyperparameter_note=note, data=drawn, **lists)
 
 
 def main(argv=None) -> int:

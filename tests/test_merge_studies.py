@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from metaft.errors import DataError
 from metaft.results import read_study
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -86,3 +87,24 @@ def test_an_allowed_difference_is_named_in_the_report(tmp_path):
     assert merge.main([str(tmp_path / "m"), str(a), str(b), "--allow-differ", "model"]) == 0
     report = (tmp_path / "m" / "report.md").read_text()
     assert "differ in model (seeds 13: /gpu/minilm-fp16; seeds 21: minilm)" in report
+
+
+def test_parts_whose_splits_were_drawn_differently_do_not_merge(tmp_path):
+    """A part run where fewer corpora were present drew other splits for the same seeds: refused, named."""
+    merge = load_merge()
+    drawn = {"protocol": "LM-BFF k-shot", "test_texts_removed_from_pool":
+             {d: {"checked_against": ["SST-2", "MR", "CR", "MPQA", "Subj"], "dropped": {}} for d in DOMAINS}}
+    fewer = {**drawn, "test_texts_removed_from_pool":
+             {d: {"checked_against": ["SST-2", "MR", "CR"], "dropped": {}} for d in DOMAINS}}
+    parts = []
+    for name, seeds, data in (("old", [5], None), ("a", [13], drawn), ("b", [21], fewer)):
+        folder = write_part(tmp_path / name, seeds, "CPU")
+        if data:
+            study = json.loads((folder / "study.json").read_text())
+            (folder / "study.json").write_text(json.dumps({**study, "data": data}))
+        parts.append(str(folder))
+    with pytest.raises(DataError, match=r"b/study.json.*drawn differently from .*a's \(test_texts_removed_from_pool"):
+        merge.merge([(Path(p), read_study(Path(p) / "study.json")) for p in parts])
+    assert merge.main([str(tmp_path / "m"), *parts[:2]]) == 0  # a part without the record is not checked
+    assert read_study(tmp_path / "m" / "study.json").data == drawn
+    assert "pools cleared of the test texts of SST-2, MR, CR, MPQA, Subj" in (tmp_path / "m" / "report.md").read_text()

@@ -40,6 +40,10 @@ def test_study_runs_every_unit_and_writes_report(tiny_study):
         assert (tmp / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((tmp / "study.json").read_text())
     assert saved["units"] == [dataclasses.asdict(u) for u in study.units]
+    # how the splits were drawn (parts of one study must agree): the corpora the pools were cleared against
+    assert study.data["test_texts_removed_from_pool"]["SST-2"]["checked_against"][:3] == ["SST-2", "MR", "CR"]
+    assert saved["data"] == study.data and "LM-BFF k-shot" in study.data["protocol"]
+    assert "pools cleared of the test texts of SST-2, MR, CR" in report.read_text()
 
 
 def test_rerun_skips_finished_units_and_force_redoes_them(tiny_study, monkeypatch, caplog):
