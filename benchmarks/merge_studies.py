@@ -2,6 +2,7 @@
 write its report: e.g. the 20-seed g1 study as the 5-seed g1 study plus a run of the 15 other seeds.
 
     python benchmarks/merge_studies.py OUT STUDY_DIR STUDY_DIR... [--complete-seeds] [--allow-differ KEY ...]
+        [--variants ABLATION ...]
 
 Each part's ``study.json`` is read (``--complete-seeds``: only its seeds whose every unit finished); the parts
 must agree on every setting but the seeds and how they were run (out, pack, jobs, force) and the settings named
@@ -23,7 +24,7 @@ from pathlib import Path
 from metaft.errors import DataError
 from metaft.fileio import write_json
 from metaft.report import complete_seeds, write_report
-from metaft.results import StudyResults, read_study, write_study
+from metaft.results import BASELINE, MFT, StudyResults, read_study, write_study
 
 RUN_ONLY = ("seeds", "out", "pack", "jobs", "force")  # config keys that may differ between parts
 
@@ -31,6 +32,15 @@ RUN_ONLY = ("seeds", "out", "pack", "jobs", "force")  # config keys that may dif
 def seeds_of(study: StudyResults) -> list[int]:
     """The seeds with at least one finished unit, in plan order."""
     return list(dict.fromkeys(u.seed for u in study.units))
+
+
+def only_variants(study: StudyResults, variants: list[str]) -> StudyResults:
+    """The study with only ``variants``' records (baseline and mft always kept), its ablations setting to match."""
+    keep = {BASELINE, MFT, *variants}
+    return dataclasses.replace(
+        study, config={**study.config, "ablations": [a for a in study.config.get("ablations", []) if a in keep]},
+        units=[u for u in study.units if u.variant in keep], meta=[m for m in study.meta if m.variant in keep],
+        domain_probe=[r for r in study.domain_probe if r["variant"] in keep])
 
 
 def merge(parts: list[tuple[Path, StudyResults]], allow_differ: tuple[str, ...] = ()) -> StudyResults:
@@ -72,10 +82,14 @@ def main(argv=None) -> int:
     p.add_argument("parts", type=Path, nargs="+")
     p.add_argument("--complete-seeds", action="store_true", help="only each part's seeds whose units all finished")
     p.add_argument("--allow-differ", nargs="+", default=[], metavar="KEY", help="settings the parts may differ in")
+    p.add_argument("--variants", nargs="+", metavar="VARIANT",
+                   help="keep only these ablations (with baseline and mft) of every part, e.g. to merge the 5-seed "
+                        "study's parts with seeds run for fewer variants")
     args = p.parse_args(argv)
     parts = []
     for path in args.parts:
         study = read_study(path / "study.json")
+        study = only_variants(study, args.variants) if args.variants else study
         parts.append((path, study.only_seeds(complete_seeds(study)) if args.complete_seeds else study))
     try:
         merged = merge(parts, tuple(args.allow_differ))
