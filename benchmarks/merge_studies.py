@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
 from metaft.errors import DataError
 from metaft.fileio import write_json
-from metaft.report import complete_seeds, write_report
+from metaft.report import PLOTS, complete_seeds, write_report
 from metaft.results import BASELINE, MFT, StudyResults, read_study, write_study
 
 RUN_ONLY = ("seeds", "out", "pack", "jobs", "force")  # config keys that may differ between parts
@@ -99,8 +100,23 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     write_study(args.out / "study.json", merged)
     write_json(args.out / "config.json", merged.config)
-    print(f"{len(merged.config['seeds'])} seeds, {len(merged.units)} units -> {write_report(args.out)}")
+    report = write_report(args.out)
+    append_part_plots(report, [path for path, _ in parts])
+    print(f"{len(merged.config['seeds'])} seeds, {len(merged.units)} units -> {report}")
     return 0
+
+
+def append_part_plots(report: Path, part_dirs: list[Path]) -> None:
+    """Link each part's own plots (training curves, typicality, PCA need the run folders, which a merge lacks)."""
+    lines = []
+    for part in part_dirs:
+        pngs = [p for p in PLOTS if p != "accuracy.png" and (part / p).is_file()]
+        if pngs:
+            rel = Path(os.path.relpath(part, report.parent))
+            lines.append(f"- {part.name}: " + ", ".join(f"[{p}]({(rel / p).as_posix()})" for p in pngs))
+    if lines:
+        with report.open("a", encoding="utf-8") as f:
+            f.write("\n".join(["## Each part's own plots", "", *lines, ""]) + "\n")
 
 
 if __name__ == "__main__":

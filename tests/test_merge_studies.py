@@ -122,3 +122,13 @@ def test_variants_merges_parts_run_for_more_ablations_with_parts_run_for_fewer(t
     assert merged.config["ablations"] == ["multitask"] and merged.config["seeds"] == [13, 21, 1, 2]
     assert {u.variant for u in merged.units} == {"baseline", "mft", "multitask"}
     assert len(merged.units) == 4 * 3 * len(DOMAINS) and {m.variant for m in merged.meta} == {"mft", "multitask"}
+
+
+def test_the_merged_report_links_each_part_s_own_plots(tmp_path):
+    merge = load_merge()
+    a = write_part(tmp_path / "parts" / "seed-13", [13], "CPU")
+    b = write_part(tmp_path / "parts" / "seed-21", [21], "CPU")
+    (a / "curves.png").write_bytes(b"\x89PNG")
+    assert merge.main([str(tmp_path / "m"), str(a), str(b)]) == 0
+    report = (tmp_path / "m" / "report.md").read_text()
+    assert "- seed-13: [curves.png](../parts/seed-13/curves.png)" in report and "- seed-21:" not in report
