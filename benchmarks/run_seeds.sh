@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Run a committed study one seed at a time, each seed its own study folder (runs/<name>-s<seed>), and commit-ready
-# parts: each finished seed's study.json, config.json and report.md go to benchmarks/results/<name>/parts/seed-<seed>/,
-# and all parts so far are merged into benchmarks/results/<name>/ (benchmarks/merge_studies.py; STATUS.md says
-# which of the config's seeds are still missing). A seed is self-contained (its meta-learners are not needed by
-# another seed), so a study longer than one machine's lifetime finishes across machines, seed by seed.
+# parts: each finished seed's study.json, config.json, report.md and plots go to
+# benchmarks/results/<name>/parts/seed-<seed>/, and all parts so far are merged into benchmarks/results/<name>/
+# (benchmarks/merge_studies.py; STATUS.md says which of the config's seeds are still missing). A seed is
+# self-contained (its meta-learners are not needed by another seed), so a study longer than one machine's lifetime
+# finishes across machines, seed by seed.
 #   bash benchmarks/run_seeds.sh g1 87 100
 #   bash benchmarks/run_seeds.sh g1-noise 87 --baseline-from g1   # reuse runs/g1-s87's baseline units (same inputs)
 # Long: run it in the background (nohup ... &); rerunning a seed resumes it.
@@ -26,7 +27,7 @@ for seed in "${seeds[@]}"; do
     fi
     metaft run --config "benchmarks/configs/$name.yaml" --seeds "$seed" --out "$run"
     mkdir -p "$dest/parts/seed-$seed"
-    cp "$run/study.json" "$run/config.json" "$run/report.md" "$dest/parts/seed-$seed/"
+    cp "$run/study.json" "$run/config.json" "$run/report.md" "$run"/*.png "$dest/parts/seed-$seed/"
 done
 mapfile -t parts < <(ls -d "$dest"/parts/seed-* | sort -t- -k2 -n)  # parts in numeric seed order
 python3 benchmarks/merge_studies.py "$dest" "${parts[@]}" --allow-differ model

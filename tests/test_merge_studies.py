@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from metaft.errors import DataError
 from metaft.results import read_study
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -23,16 +24,17 @@ def load_merge():
     return module
 
 
-def write_part(folder: Path, seeds: list[int], machine: str, **config) -> Path:
+def write_part(folder: Path, seeds: list[int], machine: str, variants: list[str] = VARIANTS, **config) -> Path:
     rng = random.Random(sum(seeds))
     units = [{"seed": s, "variant": v, "domain": d, "test_accuracy": round(rng.uniform(0.5, 0.9), 4),
               "test_macro_f1": 0.5, "dev_accuracy": 0.6, "wall_time_s": 1.0, "path": f"seed-{s}/{v}/{d}"}
-             for s in seeds for v in VARIANTS for d in DOMAINS]
-    study = {"config": {"group": "g1", "k": 16, "model": "minilm", "domains": DOMAINS, "ablations": [],
-                        "seeds": seeds, "out": str(folder), **config},
+             for s in seeds for v in variants for d in DOMAINS]
+    study = {"config": {"group": "g1", "k": 16, "model": "minilm", "domains": DOMAINS,
+                        "ablations": [v for v in variants if v not in VARIANTS], "seeds": seeds, "out": str(folder),
+                        **config},
              "machine": {"description": machine}, "units": units,
-             "meta": [{"seed": s, "variant": "mft", "dev_accuracy": 0.7, "wall_time_s": 2.0,
-                       "path": f"seed-{s}/meta/mft"} for s in seeds]}
+             "meta": [{"seed": s, "variant": v, "dev_accuracy": 0.7, "wall_time_s": 2.0,
+                       "path": f"seed-{s}/meta/{v}"} for s in seeds for v in variants if v != "baseline"]}
     folder.mkdir(parents=True)
     (folder / "study.json").write_text(json.dumps(study))
     return folder
@@ -86,3 +88,47 @@ def test_an_allowed_difference_is_named_in_the_report(tmp_path):
     assert merge.main([str(tmp_path / "m"), str(a), str(b), "--allow-differ", "model"]) == 0
     report = (tmp_path / "m" / "report.md").read_text()
     assert "differ in model (seeds 13: /gpu/minilm-fp16; seeds 21: minilm)" in report
+
+
+def test_parts_whose_splits_were_drawn_differently_do_not_merge(tmp_path):
+    """A part run where fewer corpora were present drew other splits for the same seeds: refused, named."""
+    merge = load_merge()
+    drawn = {"protocol": "LM-BFF k-shot", "test_texts_removed_from_pool":
+             {d: {"checked_against": ["SST-2", "MR", "CR", "MPQA", "Subj"], "dropped": {}} for d in DOMAINS}}
+    fewer = {**drawn, "test_texts_removed_from_pool":
+             {d: {"checked_against": ["SST-2", "MR", "CR"], "dropped": {}} for d in DOMAINS}}
+    parts = []
+    for name, seeds, data in (("old", [5], None), ("a", [13], drawn), ("b", [21], fewer)):
+        folder = write_part(tmp_path / name, seeds, "CPU")
+        if data:
+            study = json.loads((folder / "study.json").read_text())
+            (folder / "study.json").write_text(json.dumps({**study, "data": data}))
+        parts.append(str(folder))
+    with pytest.raises(DataError, match=r"b/study.json.*drawn differently from .*a's \(test_texts_removed_from_pool"):
+        merge.merge([(Path(p), read_study(Path(p) / "study.json")) for p in parts])
+    assert merge.main([str(tmp_path / "m"), *parts[:2]]) == 0  # a part without the record is not checked
+    assert read_study(tmp_path / "m" / "study.json").data == drawn
+    assert "pools cleared of the test texts of SST-2, MR, CR, MPQA, Subj" in (tmp_path / "m" / "report.md").read_text()
+
+
+def test_variants_merges_parts_run_for_more_ablations_with_parts_run_for_fewer(tmp_path, capsys):
+    merge = load_merge()
+    full = write_part(tmp_path / "full", [13, 21], "CPU", [*VARIANTS, "multitask", "grl"])
+    lean = write_part(tmp_path / "lean", [1, 2], "CPU", [*VARIANTS, "multitask"])
+    assert merge.main([str(tmp_path / "no"), str(full), str(lean)]) == 2  # the ablations differ
+    assert "settings differ from" in capsys.readouterr().err
+    assert merge.main([str(tmp_path / "m"), str(full), str(lean), "--variants", "multitask"]) == 0
+    merged = read_study(tmp_path / "m" / "study.json")
+    assert merged.config["ablations"] == ["multitask"] and merged.config["seeds"] == [13, 21, 1, 2]
+    assert {u.variant for u in merged.units} == {"baseline", "mft", "multitask"}
+    assert len(merged.units) == 4 * 3 * len(DOMAINS) and {m.variant for m in merged.meta} == {"mft", "multitask"}
+
+
+def test_the_merged_report_links_each_part_s_own_plots(tmp_path):
+    merge = load_merge()
+    a = write_part(tmp_path / "parts" / "seed-13", [13], "CPU")
+    b = write_part(tmp_path / "parts" / "seed-21", [21], "CPU")
+    (a / "curves.png").write_bytes(b"\x89PNG")
+    assert merge.main([str(tmp_path / "m"), str(a), str(b)]) == 0
+    report = (tmp_path / "m" / "report.md").read_text()
+    assert "- seed-13: [curves.png](../parts/seed-13/curves.png)" in report and "- seed-21:" not in report

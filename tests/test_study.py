@@ -40,6 +40,10 @@ def test_study_runs_every_unit_and_writes_report(tiny_study):
         assert (tmp / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((tmp / "study.json").read_text())
     assert saved["units"] == [dataclasses.asdict(u) for u in study.units]
+    # how the splits were drawn (parts of one study must agree): the corpora the pools were cleared against
+    assert study.data["test_texts_removed_from_pool"]["SST-2"]["checked_against"][:3] == ["SST-2", "MR", "CR"]
+    assert saved["data"] == study.data and "LM-BFF k-shot" in study.data["protocol"]
+    assert "pools cleared of the test texts of SST-2, MR, CR" in report.read_text()
 
 
 def test_rerun_skips_finished_units_and_force_redoes_them(tiny_study, monkeypatch, caplog):
@@ -124,13 +128,29 @@ def test_unknown_ablation_is_a_clear_error(capsys):
     assert "unknown ablation" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("committed", ["amazon.yaml", "g1.yaml"])
-def test_the_committed_study_configs_load(committed):
-    """benchmarks/configs/* as `metaft run --config` reads them (amazon's `k: full` once crashed the study)."""
+CONFIGS = Path(__file__).parents[1] / "benchmarks" / "configs"
+
+
+def committed_config(name: str) -> StudyConfig:
     from metaft.config import load_config_file
 
-    cfg = StudyConfig.from_dict(load_config_file(Path(__file__).parents[1] / "benchmarks" / "configs" / committed))
-    assert cfg.prepare.k == (None if committed == "amazon.yaml" else 16)
+    return StudyConfig.from_dict(load_config_file(CONFIGS / name))
+
+
+@pytest.mark.parametrize("committed", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_the_committed_study_configs_load(committed):
+    """benchmarks/configs/* as `metaft run --config` reads them (amazon's `k: full` once crashed the study)."""
+    assert committed_config(committed).prepare.k == (None if committed == "amazon.yaml" else 16)
+
+
+@pytest.mark.parametrize("part", ["g1-20seeds.yaml", "g1-more-seeds.yaml", "g1-noise.yaml"])
+def test_study_configs_meant_to_be_merged_or_compared_with_g1_share_its_settings(part):
+    """Their parts are merged with g1's (benchmarks/merge_studies.py) or reuse its baseline units."""
+    free = {"seeds", "ablations", "label_noise"}
+    g1, other = committed_config("g1.yaml").to_dict(), committed_config(part).to_dict()
+    assert {k: v for k, v in other.items() if k not in free} == {k: v for k, v in g1.items() if k not in free}
+    if part == "g1-more-seeds.yaml":  # the other seeds of the 20-seed study: none of g1's
+        assert not set(other["seeds"]) & set(g1["seeds"]) and len(other["seeds"]) + len(g1["seeds"]) == 20
 
 
 @pytest.mark.parametrize("k, expected", [("full", None), ("FULL", None), (None, None), (16, 16), ("16", 16)])

@@ -189,6 +189,14 @@ def _one_seed_caveat(study: StudyResults) -> str | None:
             "error at its test-set size); a difference of less than about twice that is not evidence either way.")
 
 
+def _splits_line(data: dict) -> str:
+    """How the splits were drawn: their protocol and the corpora whose test texts were kept out of the pools."""
+    removed = data.get("test_texts_removed_from_pool", {}).values()
+    checked = list(dict.fromkeys(c for d in removed for c in d.get("checked_against", [])))
+    return (f"{data.get('protocol', 'see the data folders')}; pools cleared of the test texts of "
+            f"{', '.join(checked) or 'no corpus'}")
+
+
 def render(study: StudyResults, summary: dict, plots: list[str]) -> str:
     cfg = study.config
     seeds = _ordered(u.seed for u in study.units)
@@ -198,6 +206,7 @@ def render(study: StudyResults, summary: dict, plots: list[str]) -> str:
         f"- group: **{cfg.get('group') or ', '.join(summary['domains'])}**, K = {'full' if k is None else k}, "
         f"seeds: {', '.join(map(str, seeds))}, model: `{cfg.get('model', '?')}`",
         f"- machine: {study.machine.get('description', 'unknown')}",
+        *([f"- splits: {_splits_line(study.data)}"] if study.data else []),
         *([f"- **{study.note}**"] if study.note else []),
         *([f"- **label noise: {cfg['label_noise']:.0%} of the meta-training labels flipped (a positive control); "
            "every result below was trained under that noise**"] if cfg.get("label_noise") else []),

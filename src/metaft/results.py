@@ -175,6 +175,8 @@ class StudyResults:
     domain_probe: list[dict] = field(default_factory=list)  # mechanisms.study_checks: one per seed and variant
     label_noise: list[dict] = field(default_factory=list)  # one per seed of a label-noise study
     frozen_lr: list[FrozenLRRecord] = field(default_factory=list)  # reference rows (absent from older studies)
+    data: dict = field(default_factory=dict)  # how the splits were drawn: protocol, test rules, corpora checked,
+    # source hashes (the cross-domain manifest's; seed-independent; absent from older studies)
     note: str | None = None  # set on an interim report, never written
 
     def only_seeds(self, seeds: list[int]) -> StudyResults:
@@ -193,7 +195,7 @@ _RECORDS = {"typicality": TypicalityRecord, "meta": MetaRecord, "units": UnitRec
 def write_study(path: str | Path, study: StudyResults) -> None:
     data = dataclasses.asdict(study)
     del data["note"]
-    for key in ("domain_probe", "label_noise", "frozen_lr"):  # absent, as before, when there are none
+    for key in ("domain_probe", "label_noise", "frozen_lr", "data"):  # absent, as before, when there are none
         if not data[key]:
             del data[key]
     for record in data["typicality"]:

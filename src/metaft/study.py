@@ -77,14 +77,18 @@ def machine_info() -> dict[str, Any]:
             "device": device, "cpus": os.cpu_count()}
 
 
-def _prepare(cfg: StudyConfig, run: Path) -> tuple[str, list[str]]:
-    """Write (or rewrite identically) the splits; returns the group name and its domains."""
+SPLIT_PROTOCOL_KEYS = ("protocol", "test_rule", "test_texts_removed_from_pool", "sources")  # the same for every seed
+
+
+def _prepare(cfg: StudyConfig, run: Path) -> tuple[str, list[str], dict]:
+    """Write (or rewrite identically) the splits; returns the group name, its domains and how the splits were drawn
+    (which corpora the pools were cleared against changes the draws: parts of one study must agree on it)."""
     from .splits import prepare
 
     folders = prepare(PrepareConfig(**cfg.prepare.values(), out=str(run / "data"), seeds=cfg.seeds, force=cfg.force))
     cross = next(f for f in folders if f.parts[-3] == "k-shot-cross")
     manifest = json.loads((cross / "manifest.json").read_text(encoding="utf-8"))
-    return cross.parts[-2], list(manifest["domains"])
+    return cross.parts[-2], list(manifest["domains"]), {k: manifest[k] for k in SPLIT_PROTOCOL_KEYS if k in manifest}
 
 
 def _typicality(cfg: StudyConfig, cross: Path) -> float:
@@ -235,7 +239,7 @@ def _run_study(cfg: StudyConfig) -> StudyResults:
     run = Path(cfg.out)
     check_same_study(run, cfg)
     cfg.save(run / "config.json")
-    group, domains = _prepare(cfg, run)
+    group, domains, data = _prepare(cfg, run)
     if cfg.label_noise:
         from .noise import add_label_noise
 
@@ -243,7 +247,7 @@ def _run_study(cfg: StudyConfig) -> StudyResults:
             clean = run / "data" / "k-shot-cross" / group / _data_dir(cfg, run, "k-shot-cross", group, seed).name
             add_label_noise(clean, _data_dir(cfg, run, "k-shot-cross", group, seed), cfg.label_noise, seed)
     study = StudyResults(config={**cfg.to_dict(), "group": group, "domains": domains, "k": cfg.prepare.k},
-                         machine=machine_info(), hyperparameter_note=hyperparameter_note(cfg))
+                         machine=machine_info(), hyperparameter_note=hyperparameter_note(cfg), data=data)
     for seed in cfg.seeds:
         cross = _data_dir(cfg, run, "k-shot-cross", group, seed)
         seconds = _typicality(cfg, cross)
