@@ -68,7 +68,10 @@ def merge(parts: list[tuple[Path, StudyResults]], allow_differ: tuple[str, ...] 
     def which(study: StudyResults) -> str:
         return "seeds " + ", ".join(map(str, seeds_of(study)))
 
-    machines = "; ".join(f"{s.machine.get('description', 'unknown')} ({which(s)})" for _, s in parts)
+    by_machine: dict[str, list[int]] = {}  # parts run on the same kind of machine share one entry
+    for _, s in parts:
+        by_machine.setdefault(s.machine.get("description", "unknown"), []).extend(seeds_of(s))
+    machines = "; ".join(f"{m} (seeds {', '.join(map(str, seeds))})" for m, seeds in by_machine.items())
     differ = [f"{key} ({'; '.join(f'{which(s)}: {s.config.get(key)}' for _, s in parts)})" for key in allow_differ
               if len({json.dumps(s.config.get(key), sort_keys=True) for _, s in parts}) > 1]
     note = first.hyperparameter_note + (f"; the merged parts differ in {', '.join(differ)}" if differ else "")
@@ -116,7 +119,7 @@ def append_part_plots(report: Path, part_dirs: list[Path]) -> None:
             lines.append(f"- {part.name}: " + ", ".join(f"[{p}]({(rel / p).as_posix()})" for p in pngs))
     if lines:
         with report.open("a", encoding="utf-8") as f:
-            f.write("\n".join(["## Each part's own plots", "", *lines, ""]) + "\n")
+            f.write("\n".join(["", "## Each part's own plots", "", *lines, ""]))
 
 
 if __name__ == "__main__":

@@ -132,3 +132,4 @@ def test_the_merged_report_links_each_part_s_own_plots(tmp_path):
     assert merge.main([str(tmp_path / "m"), str(a), str(b)]) == 0
     report = (tmp_path / "m" / "report.md").read_text()
     assert "- seed-13: [curves.png](../parts/seed-13/curves.png)" in report and "- seed-21:" not in report
+    assert "- machine: CPU (seeds 13, 21)\n" in report  # parts on the same kind of machine: one entry
