@@ -29,7 +29,7 @@ for seed in "${seeds[@]}"; do
     mkdir -p "$dest/parts/seed-$seed"
     cp "$run/study.json" "$run/config.json" "$run/report.md" "$run"/*.png "$dest/parts/seed-$seed/"
 done
-mapfile -t parts < <(ls -d "$dest"/parts/seed-* | sort -t- -k2 -n)  # parts in numeric seed order
+mapfile -t parts < <(ls -d "$dest"/parts/seed-* | sort -V)  # parts in numeric seed order
 python3 benchmarks/merge_studies.py "$dest" "${parts[@]}" --allow-differ model
 python3 - "$dest" "benchmarks/configs/$name.yaml" <<'PY'
 import json
