@@ -8,19 +8,19 @@
 #   the k-shot pools are cleared of every present corpus's test texts, so fewer corpora give other splits).
 # There, one `run` call with carry [".gpu-carry"] and timeout_s 600:   bash benchmarks/gpu_session.sh run
 #   (extra arguments go to every `metaft run`; a CPU smoke test of this path:
-#   OUT=/tmp/smoke bash benchmarks/gpu_session.sh run --seeds 42 --ablations no-typicality
+#   SMOKE_S=300 OUT=/tmp/smoke bash benchmarks/gpu_session.sh run --seeds 42 --ablations no-typicality
 #   --meta epochs=0.02 --finetune epochs=0.05 --finetune test_limit=40)
 #   (0) a smoke study on the device (2 seeds, every variant, a few steps, packed): if it fails the call stops
 #       at once, so the device time left can go to a fixed rerun;
 #   (0b) benchmarks/packed_grouped.py --parts minilm on CUDA (60 s cap): the one-run path and banks of 30 with
 #       the vmap and the grouped forward, step times on the real model (packed-grouped-cuda.json);
-#   (1) the 5-seed g1 study at the defaults (benchmarks/configs/g1.yaml), packed (--pack auto): issue 16's
-#       study and issue 17's wall-time target (< 3 minutes, model loading and every evaluation included);
-#   (2) the label-noise control (benchmarks/configs/g1-noise.yaml), packed (issue 16);
-#   (3) the 20-seed g1 study's other 15 seeds (benchmarks/configs/g1-20seeds.yaml --seeds 1 ... 16), packed,
-#       with what is left of 550 s (issue 17); here, merged with (1) into the 20-seed study
-#       (benchmarks/merge_studies.py: same settings, disjoint seeds);
-#   (4) if 70 s are left: benchmarks/packed.py speed --study-units --device cuda (one unit at a time vs a bank
+#   (1) the 5-seed g1 study at the defaults (benchmarks/configs/g1.yaml), packed (--pack auto): issue 17's
+#       wall-time target (< 3 minutes, model loading and every evaluation included), and a GPU cross-check of
+#       the CPU study in benchmarks/results/g1/ (same splits; statistically, not digit for digit, the same);
+#   (2) the 20-seed g1 study's other 15 seeds (benchmarks/configs/g1-20seeds.yaml --seeds 1 ... 16), packed,
+#       with what is left of 550 s (issue 17); here, merged with the CPU g1 study's parts into the 20-seed study
+#       (benchmarks/merge_studies.py: same settings, disjoint seeds, splits drawn alike; --allow-differ model);
+#   (3) if 70 s are left: benchmarks/packed.py speed --study-units --device cuda (one unit at a time vs a bank
 #       of 32, same process).
 #   Each study comes back as one .tgz of its study.json, report.md, config.json, plots and log (at most 8 files
 #   come back); copy them into benchmarks/results/ here afterwards (a cut study: `metaft report --complete-seeds`).
@@ -86,7 +86,7 @@ smoke() {  # config name: a tiny packed study of every variant on $model; stops 
     local name="$1" s0; shift; s0=$(date +%s)
     python3 -c "import sys; from metaft.config import StudyConfig; from metaft.study import head_note; \
 print(head_note(StudyConfig(model=sys.argv[1])))" "$model"
-    if ! timeout 120 python3 -m metaft run --config "benchmarks/configs/$name.yaml" --model "$model" --pack auto \
+    if ! timeout "${SMOKE_S:-120}" python3 -m metaft run --config "benchmarks/configs/$name.yaml" --model "$model" --pack auto \
             --seeds 42 13 --meta epochs=0.05 --finetune epochs=0.1 --finetune test_limit=40 --out /tmp/smoke "$@" \
             > "$OUT/smoke.log" 2>&1; then
         tail -n 60 "$OUT/smoke.log"; echo "SMOKE FAILED after $(( $(date +%s) - s0 )) s: stopping"; exit 1
@@ -161,7 +161,6 @@ run)
         || echo "packed_grouped.py failed or was cut at 60 s (figures so far kept)"
     tail -n 8 "$OUT/packed-grouped.log"
     study g1 240 "$@"
-    study g1-noise "$(( $(left) < 150 ? $(left) : 150 ))" "$@"
     study g1-20seeds "$(left)" --seeds 1 2 3 4 5 6 7 8 9 10 11 12 14 15 16 "$@"
     if (( $(left) >= 70 )); then
         timeout "$(left)" python3 benchmarks/packed.py speed --study-units --device cuda --model "$model" \
