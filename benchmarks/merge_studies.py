@@ -8,9 +8,11 @@ Each part's ``study.json`` is read (``--complete-seeds``: only its seeds whose e
 must agree on every setting but the seeds and how they were run (out, pack, jobs, force) and the settings named
 by ``--allow-differ`` (e.g. ``model``: a half-precision copy of the same model carried to a GPU), no seed may be
 in two parts, and their splits must have been drawn alike (``data``: protocol, test rules, the corpora the pools
-were cleared against, source hashes; parts that predate that record are not checked). OUT gets ``study.json``,
-``config.json`` (the first part's, with the union of seeds in order), ``report.md`` and the plots. The report's machine line names each part's machine and seeds, and its
-hyper-parameter line each allowed difference.
+were cleared against, source hashes; parts that predate that record are not checked). ``--variants`` keeps only
+the named ablations (with the baseline and MFT) of every part, so parts run for different ablations merge. OUT
+gets ``study.json``, ``config.json`` (the first part's, with the union of seeds in order), ``report.md``, the
+accuracy plot and links to each part's own plots. The report's machine line names each kind of machine and its
+seeds, and its hyper-parameter line each allowed difference.
 """
 
 from __future__ import annotations
