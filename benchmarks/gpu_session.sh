@@ -86,8 +86,8 @@ smoke() {  # config name: a tiny packed study of every variant on $model; stops 
     local name="$1" s0; shift; s0=$(date +%s)
     python3 -c "import sys; from metaft.config import StudyConfig; from metaft.study import head_note; \
 print(head_note(StudyConfig(model=sys.argv[1])))" "$model"
-    if ! timeout "${SMOKE_S:-120}" python3 -m metaft run --config "benchmarks/configs/$name.yaml" --model "$model" --pack auto \
-            --seeds 42 13 --meta epochs=0.05 --finetune epochs=0.1 --finetune test_limit=40 --out /tmp/smoke "$@" \
+    if ! timeout "${SMOKE_S:-120}" python3 -m metaft run --config "benchmarks/configs/$name.yaml" --model "$model" \
+            --pack auto --seeds 42 13 --meta epochs=0.05 --finetune epochs=0.1 --finetune test_limit=40 --out /tmp/smoke "$@" \
             > "$OUT/smoke.log" 2>&1; then
         tail -n 60 "$OUT/smoke.log"; echo "SMOKE FAILED after $(( $(date +%s) - s0 )) s: stopping"; exit 1
     fi
