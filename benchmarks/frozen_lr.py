@@ -22,16 +22,16 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     rows, cache = [], {}  # the cache embeds each fixed test set once
+    header = {"command": " ".join(["python", *sys.argv]), "model": args.model}
     for study in args.studies:
         for folder in sorted((study / "data" / "k-shot-single").glob("*/*")):
             row = frozen_lr_reference(folder, args.model, folder.parent.name, cache)
             rows.append({"seed": int(folder.name.split("-")[1]), **row})
             print(rows[-1], flush=True)
-            write_json(args.out, {"command": " ".join(["python", *sys.argv]), "model": args.model, "rows": rows})
+            write_json(args.out, {**header, "rows": rows})  # figures so far, should the run be cut
     means = {d: round(100 * statistics.mean(r["test_accuracy"] for r in rows if r["domain"] == d), 2)
              for d in dict.fromkeys(r["domain"] for r in rows)}
-    write_json(args.out, {"command": " ".join(["python", *sys.argv]), "model": args.model,
-                          "mean_test_accuracy_percent": means, "rows": rows})
+    write_json(args.out, {**header, "mean_test_accuracy_percent": means, "rows": rows})
     print(means)
     return 0
 
