@@ -83,7 +83,7 @@ def typicality_lines(study) -> list[str]:
     lines = ["## Mechanism check: class typicality", "",
              "Share % of meta-training examples closer (cosine) to their own class prototype than to any other "
              f"class's of their domain ({rows[0].space or 'raw'} space"
-             f"{', leaving each example out of its own prototype' if rows[0].leave_one_out else ''}); "
+             f"{', leaving each example out of its own prototype' if rows[0].leave_one_out else ''}). "
              "Embeddings that carry no class information give about 1 / (number of classes), somewhat more "
              "when the example is part of its own prototype.", "",
              "| seed | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
