@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from .stats import t_interval
+from .stats import fmt_delta, paired, t_interval
 
 TYPICALITY_CHECKS = ("space", "leave_one_out", "own_prototype_fraction")  # typicality.json keys the study keeps
 DOMAIN_LOSS_VARIANTS = ("mft", "no-typicality", "grl")  # the meta-learners trained with a domain loss
@@ -63,14 +63,19 @@ def _probe_verdict(after: dict[str, dict[int, float]]) -> list[str]:
                 f"domain loss and the {REFERENCE} ablation (add `--ablations {REFERENCE}`)."]
     out = []
     for variant in with_loss:
-        diffs = [after[variant][s] - after[REFERENCE][s] for s in after[variant] if s in after[REFERENCE]]
-        if not diffs:
+        p = paired(after[variant], after[REFERENCE])
+        if p is None:
             continue
-        mean = sum(diffs) / len(diffs)
-        verdict = "made the encoder more" if mean < 0 else "did not make the encoder more"
-        out.append(f"- **{variant}**: the domain loss {verdict} domain-invariant than the "
-                   f"{REFERENCE} ablation did (probe accuracy {mean * 100:+.1f} points, mean paired difference "
-                   f"over {len(diffs)} seed(s); lower on {sum(d < 0 for d in diffs)} of them).")
+        if p["delta_high"] is not None and p["delta_high"] < 0:
+            verdict = f"made the encoder more domain-invariant than the {REFERENCE} ablation"
+        elif p["delta_mean"] < 0:
+            verdict = (f"left the probe accuracy below the {REFERENCE} ablation's, but not resolvably"
+                       + (" (the interval contains 0)" if p["delta_low"] is not None else ""))
+        else:
+            verdict = f"did not make the encoder more domain-invariant than the {REFERENCE} ablation"
+        out.append(f"- **{variant}**: the domain loss {verdict} (probe accuracy "
+                   f"{fmt_delta(p)} points, mean paired difference with its 95 % paired t-interval over "
+                   f"{p['n']} seed(s); lower on {p['losses']} of them).")
     return out
 
 
