@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from .stats import fmt_delta, paired, t_interval
+from .stats import fmt_delta, interval_side, paired, t_interval
 
 TYPICALITY_CHECKS = ("space", "leave_one_out", "own_prototype_fraction")  # typicality.json keys the study keeps
 DOMAIN_LOSS_VARIANTS = ("mft", "no-typicality", "grl")  # the meta-learners trained with a domain loss
@@ -66,7 +66,7 @@ def _probe_verdict(after: dict[str, dict[int, float]]) -> list[str]:
         p = paired(after[variant], after[REFERENCE])
         if p is None:
             continue
-        if p["delta_high"] is not None and p["delta_high"] < 0:
+        if interval_side(p) < 0:
             verdict = f"made the encoder more domain-invariant than the {REFERENCE} ablation"
         elif p["delta_mean"] < 0:
             verdict = (f"left the probe accuracy below the {REFERENCE} ablation's, but not resolvably"

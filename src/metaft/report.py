@@ -20,7 +20,7 @@ from .errors import DataError
 from .fileio import write_text
 from .mechanisms import report_lines as mechanism_lines
 from .results import BASELINE, MFT, STUDY_FILE, StudyResults, UnitRecord, read_study
-from .stats import fmt_delta, mean_std, paired, t_interval
+from .stats import fmt_delta, interval_side, mean_std, paired, t_interval
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +169,8 @@ def time_table(study: StudyResults) -> list[str]:
 
 def interval_verdict(verdicts: list[dict]) -> str:
     """Where the 95 % paired t-interval of MFT − baseline lies wholly above or below zero."""
-    above = [r["domain"] for r in verdicts if r["delta_low"] is not None and r["delta_low"] > 0]
-    below = [r["domain"] for r in verdicts if r["delta_high"] is not None and r["delta_high"] < 0]
+    above = [r["domain"] for r in verdicts if interval_side(r) > 0]
+    below = [r["domain"] for r in verdicts if interval_side(r) < 0]
     if not above and not below:
         return "The 95 % paired t-interval of MFT − baseline contains 0 on every domain."
     return ("The 95 % paired t-interval of MFT − baseline lies " + "; ".join(

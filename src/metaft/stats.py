@@ -59,6 +59,14 @@ def paired(per_seed: dict[int, float], reference: dict[int, float]) -> dict | No
             "ties": sum(x == 0 for x in diffs)}
 
 
+def interval_side(p: dict) -> int:
+    """+1 / -1 where a paired difference's 95 % interval lies wholly above / below 0; 0 where it contains 0 or
+    there is no interval (one seed)."""
+    if p.get("delta_low") is None:
+        return 0
+    return 1 if p["delta_low"] > 0 else -1 if p["delta_high"] < 0 else 0
+
+
 def fmt_delta(p: dict, scale: float = 100.0) -> str:
     """A paired difference in points with its interval: ``+1.23 [-0.40, +2.86]``, or ``+1.23 (1 seed: no
     interval)``."""
