@@ -323,3 +323,15 @@ def test_probe_verdict_claims_invariance_only_when_the_interval_is_below_zero():
     assert "made the encoder more domain-invariant" in resolved and "[" in resolved
     assert "not resolvably (the interval contains 0)" in unresolved
     assert "did not make the encoder more domain-invariant" in higher
+
+
+def test_probe_table_names_the_seed_of_each_value():
+    from types import SimpleNamespace
+
+    from metaft.mechanisms import probe_lines
+    rows = [{"seed": seed, "variant": variant, "before": {"mean": 0.8, "chance": 1 / 3, "folds": 5},
+             "after": {"mean": after}}
+            for seed, variant, after in [(13, "mft", 0.70), (2, "mft", 0.65), (13, "multitask", 0.72),
+                                         (2, "multitask", 0.66)]]
+    table = "\n".join(probe_lines(SimpleNamespace(domain_probe=rows)))
+    assert "| mft | 80.0 | 67.5 | -12.5 | 2: 65.0, 13: 70.0 |" in table

@@ -51,7 +51,7 @@ def probe_lines(study) -> list[str]:
         b = sum(before[s] for s in seeds) / len(seeds)
         a = sum(per_seed.values()) / len(seeds)
         lines.append(f"| {variant} | {_pct(b)} | {_pct(a)} | {(a - b) * 100:+.1f} | "
-                     f"{', '.join(_pct(per_seed[s]) for s in seeds)} |")
+                     f"{', '.join(f'{s}: {_pct(per_seed[s])}' for s in seeds)} |")
     lines += ["", *_probe_verdict(after), ""]
     return lines
 
