@@ -199,7 +199,7 @@ def _splits_line(data: dict) -> str:
 
 def render(study: StudyResults, summary: dict, plots: list[str]) -> str:
     cfg = study.config
-    seeds = _ordered(u.seed for u in study.units)
+    seeds = sorted({u.seed for u in study.units})  # numeric order, as in the tables
     k = cfg.get("k", "?")
     parts = [
         "# metaft study report", "",
