@@ -8,7 +8,7 @@ import math
 import pytest
 from scipy import stats as sps
 
-from metaft.stats import fmt_delta, mean_std, paired, t_interval, t_quantile_975
+from metaft.stats import fmt_delta, fmt_per_seed, mean_std, paired, t_interval, t_quantile_975
 
 
 def test_t_interval_matches_a_hand_computation():
@@ -62,3 +62,8 @@ def test_fmt_delta_shows_the_interval_in_points():
     p = paired({1: 0.81, 2: 0.82, 3: 0.83}, {1: 0.80, 2: 0.80, 3: 0.80})
     half = 4.303 * 1 / math.sqrt(3)  # diffs 1, 2, 3 points
     assert fmt_delta(p) == f"+2.00 [{2 - half:+.2f}, {2 + half:+.2f}]" == "+2.00 [-0.48, +4.48]"
+
+
+def test_per_seed_values_are_labelled_and_in_numeric_seed_order():
+    assert fmt_per_seed({100: 0.5, 13: 0.71234, 21: 0.6}) == "13: 71.23, 21: 60.00, 100: 50.00"
+    assert fmt_per_seed({42: 0.695}, decimals=1) == "42: 69.5"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from .stats import fmt_delta, interval_side, paired, t_interval
+from .stats import fmt_delta, fmt_per_seed, interval_side, paired, t_interval
 
 TYPICALITY_CHECKS = ("space", "leave_one_out", "own_prototype_fraction")  # typicality.json keys the study keeps
 DOMAIN_LOSS_VARIANTS = ("mft", "no-typicality", "grl")  # the meta-learners trained with a domain loss
@@ -51,7 +51,7 @@ def probe_lines(study) -> list[str]:
         b = sum(before[s] for s in seeds) / len(seeds)
         a = sum(per_seed.values()) / len(seeds)
         lines.append(f"| {variant} | {_pct(b)} | {_pct(a)} | {(a - b) * 100:+.1f} | "
-                     f"{', '.join(f'{s}: {_pct(per_seed[s])}' for s in seeds)} |")
+                     f"{fmt_per_seed(per_seed, decimals=1)} |")
     lines += ["", *_probe_verdict(after), ""]
     return lines
 

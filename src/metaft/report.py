@@ -20,7 +20,7 @@ from .errors import DataError
 from .fileio import write_text
 from .mechanisms import report_lines as mechanism_lines
 from .results import BASELINE, MFT, STUDY_FILE, StudyResults, UnitRecord, read_study
-from .stats import fmt_delta, interval_side, mean_std, paired, t_interval
+from .stats import fmt_delta, fmt_per_seed, interval_side, mean_std, paired, t_interval
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def domain_table(summary: dict) -> list[str]:
              "| wins / losses / ties |",
              "|---|---|---|---|---|---|"]
     for r in summary["rows"]:
-        per_seed = ", ".join(f"{s}: {a * 100:.2f}" for s, a in r["per_seed"].items())
+        per_seed = fmt_per_seed(r["per_seed"])
         delta = fmt_delta(r) if "delta_mean" in r else ""
         wlt = f"{r['wins']} / {r['losses']} / {r['ties']}" if "wins" in r else ""
         if b := r.get("baseline_minus"):  # the reference row: the baseline against it
@@ -149,8 +149,7 @@ def meta_table(study: StudyResults) -> list[str]:
         return []
     lines = ["| variant | meta-stage dev accuracy % (mean ± std) | per seed |", "|---|---|---|"]
     for v, per_seed in by_variant.items():
-        seeds = ", ".join(f"{s}: {a * 100:.2f}" for s, a in sorted(per_seed.items()))
-        lines.append(f"| {v} | {fmt_mean_std(list(per_seed.values()))} | {seeds} |")
+        lines.append(f"| {v} | {fmt_mean_std(list(per_seed.values()))} | {fmt_per_seed(per_seed)} |")
     return lines
 
 

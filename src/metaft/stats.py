@@ -74,3 +74,8 @@ def fmt_delta(p: dict, scale: float = 100.0) -> str:
     if p.get("delta_low") is None:
         return text + f" ({p['n']} seed: no interval)"
     return text + f" [{p['delta_low'] * scale:+.2f}, {p['delta_high'] * scale:+.2f}]"
+
+
+def fmt_per_seed(per_seed: dict[int, float], decimals: int = 2, scale: float = 100.0) -> str:
+    """Per-seed values labelled with their seed, in numeric seed order: ``13: 69.50, 21: 71.25``."""
+    return ", ".join(f"{s}: {per_seed[s] * scale:.{decimals}f}" for s in sorted(per_seed))
