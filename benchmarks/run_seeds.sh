@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Run a committed study one seed at a time, each seed its own study folder (runs/<name>-s<seed>), and commit-ready
 # parts: each finished seed's study.json, config.json, report.md and plots go to
-# benchmarks/results/<name>/parts/seed-<seed>/, and all parts so far are merged into benchmarks/results/<name>/
-# (benchmarks/merge_studies.py; STATUS.md says which of the config's seeds are still missing). A seed is
-# self-contained (its meta-learners are not needed by another seed), so a study longer than one machine's lifetime
-# finishes across machines, seed by seed.
+# benchmarks/results/<name>/parts/seed-<seed>/, and after each seed all parts so far are merged into
+# benchmarks/results/<name>/ (benchmarks/merge_studies.py; STATUS.md says which of the config's seeds are still
+# missing). A seed is self-contained (its meta-learners are not needed by another seed), so a study longer than one
+# machine's lifetime finishes across machines, seed by seed.
 #   bash benchmarks/run_seeds.sh g1 87 100
 #   bash benchmarks/run_seeds.sh g1-noise 87 --baseline-from g1   # reuse runs/g1-s87's baseline units (same inputs)
+#   bash benchmarks/run_seeds.sh g1-mpnet   # no seeds: merge the parts there are
 # Long: run it in the background (nohup ... &); rerunning a seed resumes it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,19 +20,12 @@ while (( $# )); do
     esac
 done
 dest="benchmarks/results/$name"
-for seed in "${seeds[@]}"; do
-    run="runs/$name-s$seed"
-    if [[ -n "$baseline_from" && ! -e "$run/seed-$seed/finetune/baseline" ]]; then
-        mkdir -p "$run/seed-$seed/finetune"
-        cp -r "runs/$baseline_from-s$seed/seed-$seed/finetune/baseline" "$run/seed-$seed/finetune/"
-    fi
-    metaft run --config "benchmarks/configs/$name.yaml" --seeds "$seed" --out "$run"
-    mkdir -p "$dest/parts/seed-$seed"
-    cp "$run/study.json" "$run/config.json" "$run/report.md" "$run"/*.png "$dest/parts/seed-$seed/"
-done
-mapfile -t parts < <(ls -d "$dest"/parts/seed-* | sort -V)  # parts in numeric seed order
-python3 benchmarks/merge_studies.py "$dest" "${parts[@]}" --allow-differ model
-python3 - "$dest" "benchmarks/configs/$name.yaml" <<'PY'
+dest="benchmarks/results/$name"
+
+merge_parts() {  # every finished seed's part into $dest; STATUS.md names the config's seeds still missing
+    mapfile -t parts < <(ls -d "$dest"/parts/seed-* | sort -V)  # parts in numeric seed order
+    python3 benchmarks/merge_studies.py "$dest" "${parts[@]}" --allow-differ model
+    python3 - "$dest" "benchmarks/configs/$name.yaml" <<'PY'
 import json
 import sys
 from pathlib import Path
@@ -50,3 +44,17 @@ else:
     status.unlink(missing_ok=True)
 print(f"{dest}: seeds {done}" + (f", missing {missing}" if missing else ""))
 PY
+}
+
+for seed in "${seeds[@]}"; do
+    run="runs/$name-s$seed"
+    if [[ -n "$baseline_from" && ! -e "$run/seed-$seed/finetune/baseline" ]]; then
+        mkdir -p "$run/seed-$seed/finetune"
+        cp -r "runs/$baseline_from-s$seed/seed-$seed/finetune/baseline" "$run/seed-$seed/finetune/"
+    fi
+    metaft run --config "benchmarks/configs/$name.yaml" --seeds "$seed" --out "$run"
+    mkdir -p "$dest/parts/seed-$seed"
+    cp "$run/study.json" "$run/config.json" "$run/report.md" "$run"/*.png "$dest/parts/seed-$seed/"
+    merge_parts  # the merged folder is current after every seed, ready for a commit
+done
+(( ${#seeds[@]} )) || merge_parts  # no seeds given: merge the parts there are
