@@ -20,7 +20,6 @@ while (( $# )); do
     esac
 done
 dest="benchmarks/results/$name"
-dest="benchmarks/results/$name"
 
 merge_parts() {  # every finished seed's part into $dest; STATUS.md names the config's seeds still missing
     mapfile -t parts < <(ls -d "$dest"/parts/seed-* | sort -V)  # parts in numeric seed order
