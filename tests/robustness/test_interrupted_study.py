@@ -75,8 +75,7 @@ def test_a_study_killed_at_many_points_finishes_with_the_same_numbers(tiny_model
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     meta, finetune = run / "seed-42" / "meta" / "mft", run / "seed-42" / "finetune"
     rng = random.Random(7)
-    r_a, r_b = rng.randint(33, 43), rng.randint(62, 90)
-    r_c = rng.randint(r_b + 3, 103)
+    r_a, r_b = rng.randint(33, 43), rng.randint(62, 103)
 
     def total_lines() -> int:  # progress: 32 meta-stage lines, then 12 per fine-tuning run (6 runs)
         return sum(lines(p) for p in run.rglob("metrics.jsonl"))
@@ -87,9 +86,7 @@ def test_a_study_killed_at_many_points_finishes_with_the_same_numbers(tiny_model
         ("saving a meta-stage checkpoint", lambda: saving(meta)),
         (f"random point: {r_a} metric lines", lambda: total_lines() >= r_a),
         ("saving a fine-tuning checkpoint", lambda: any(saving(d) for d in (finetune / "mft").glob("*"))),
-        ("fine-tuning the baseline on MR", lambda: lines(finetune / "baseline" / "MR" / "metrics.jsonl") >= 3),
         (f"random point: {r_b} metric lines", lambda: total_lines() >= r_b),
-        (f"random point: {r_c} metric lines", lambda: total_lines() >= r_c),
         ("writing the report", lambda: (run / "study.json").is_file() and len(
             json.loads((run / "study.json").read_text() or "{}").get("units", [])) == 6),
     ]

@@ -22,7 +22,7 @@ from metaft.readers import read_amazon_reviews, read_glue_tsv, read_label_lines
 from metaft.records import Example, clean_field
 
 SETTINGS = settings(
-    max_examples=500,
+    max_examples=300,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
