@@ -59,6 +59,9 @@ def test_rerun_skips_finished_units_and_force_redoes_them(tiny_study, monkeypatc
     again = run_study(cfg)
     assert calls == []
     assert [u.test_accuracy for u in again.units] == [u.test_accuracy for u in study.units]
+    # the typicality stage was not rerun, and its wall time is still reported, as recorded when it ran
+    assert study.typicality[0].wall_time_s > 0
+    assert [t.wall_time_s for t in again.typicality] == [t.wall_time_s for t in study.typicality]
 
     forced = cfg.replace(force=True, ablations=(), seeds=(42,))
     run_study(forced)

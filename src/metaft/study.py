@@ -91,7 +91,9 @@ def _prepare(cfg: StudyConfig, run: Path) -> tuple[str, list[str], dict]:
     return cross.parts[-2], list(manifest["domains"]), {k: manifest[k] for k in SPLIT_PROTOCOL_KEYS if k in manifest}
 
 
-def _typicality(cfg: StudyConfig, cross: Path) -> float:
+def _typicality(cfg: StudyConfig, cross: Path, recorded_s: float) -> float:
+    """Stage 1 for one seed unless its scores are there already; its wall time in seconds (``recorded_s``, the
+    time the study recorded when it ran, if it is not rerun)."""
     from .typicality import compute_typicality
 
     if (cross / "typicality.tsv").is_file() and (cross / "typicality.json").is_file() and not cfg.force:
@@ -99,7 +101,7 @@ def _typicality(cfg: StudyConfig, cross: Path) -> float:
         if recorded != file_sha256(cross / "train.tsv"):
             raise ConfigError(f"{cross / 'typicality.tsv'}: computed from another train.tsv than the current one; "
                               "the meta stages trained on it would be stale: pass --force to redo the study")
-        return 0.0
+        return recorded_s
     t0 = time.perf_counter()
     compute_typicality(TypicalityConfig(**cfg.typicality.values(), data_dir=str(cross), model=cfg.model))
     return time.perf_counter() - t0
@@ -248,9 +250,11 @@ def _run_study(cfg: StudyConfig) -> StudyResults:
             add_label_noise(clean, _data_dir(cfg, run, "k-shot-cross", group, seed), cfg.label_noise, seed)
     study = StudyResults(config={**cfg.to_dict(), "group": group, "domains": domains, "k": cfg.prepare.k},
                          machine=machine_info(), hyperparameter_note=hyperparameter_note(cfg), data=data)
+    previous = (read_json(run / STUDY_FILE) or {}).get("typicality", [])  # a resumed study's stage-1 times
+    earlier = {t.get("seed"): t.get("wall_time_s", 0.0) for t in previous}
     for seed in cfg.seeds:
         cross = _data_dir(cfg, run, "k-shot-cross", group, seed)
-        seconds = _typicality(cfg, cross)
+        seconds = _typicality(cfg, cross, float(earlier.get(seed, 0.0)))
         summary = read_json(cross / "typicality.json") or {}
         study.typicality.append(TypicalityRecord(seed, str((cross / "typicality.tsv").relative_to(run)), seconds,
                                                  **{k: summary.get(k) for k in TYPICALITY_CHECKS}))
