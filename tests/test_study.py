@@ -97,6 +97,23 @@ def test_units_in_parallel_workers_give_the_same_study(tiny_study, tmp_path):
     assert [m.dev_accuracy for m in parallel.meta] == [m.dev_accuracy for m in study.meta]
 
 
+def test_a_study_stopped_before_its_first_unit_keeps_the_typicality_time(tiny_study, tmp_path, monkeypatch):
+    cfg, _ = tiny_study
+    import metaft.stages as stages
+
+    class Stop(Exception):
+        pass
+
+    def stop(_):
+        raise Stop
+
+    monkeypatch.setattr(stages, "meta_finetune", stop)
+    with pytest.raises(Stop):
+        run_study(cfg.replace(out=str(tmp_path / "run"), ablations=()))
+    recorded = json.loads((tmp_path / "run" / "study.json").read_text())
+    assert recorded["units"] == [] and recorded["typicality"][0]["wall_time_s"] > 0
+
+
 def test_rerun_with_other_settings_is_refused(tiny_study):
     from metaft.errors import ConfigError
 

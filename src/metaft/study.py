@@ -258,6 +258,7 @@ def _run_study(cfg: StudyConfig) -> StudyResults:
         summary = read_json(cross / "typicality.json") or {}
         study.typicality.append(TypicalityRecord(seed, str((cross / "typicality.tsv").relative_to(run)), seconds,
                                                  **{k: summary.get(k) for k in TYPICALITY_CHECKS}))
+    write_study(run / STUDY_FILE, study)  # stage 1's times survive an interruption before the first unit ends
     study.frozen_lr = _frozen_lr(cfg, run, domains)
     plan = plan_units(cfg, run, group, domains)
     metas: dict[tuple, MetaRecord] = {}
