@@ -108,6 +108,8 @@ def test_a_study_stopped_before_its_first_unit_keeps_the_typicality_time(tiny_st
         raise Stop
 
     monkeypatch.setattr(stages, "meta_finetune", stop)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "study.json").write_text('{"typicality": [3]}')  # damaged: ignored, then rewritten
     with pytest.raises(Stop):
         run_study(cfg.replace(out=str(tmp_path / "run"), ablations=()))
     recorded = json.loads((tmp_path / "run" / "study.json").read_text())

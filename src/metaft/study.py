@@ -80,6 +80,15 @@ def machine_info() -> dict[str, Any]:
 SPLIT_PROTOCOL_KEYS = ("protocol", "test_rule", "test_texts_removed_from_pool", "sources")  # the same for every seed
 
 
+def _recorded_typicality_s(run: Path) -> dict[int, float]:
+    """Stage-1 wall times by seed in the study.json of an earlier run of this study (a resumed study does not redo
+    stage 1); empty when there is none or it is damaged (it is rewritten anyway)."""
+    try:
+        return {int(t["seed"]): float(t["wall_time_s"]) for t in read_json(run / STUDY_FILE)["typicality"]}
+    except (TypeError, KeyError, ValueError):
+        return {}
+
+
 def _prepare(cfg: StudyConfig, run: Path) -> tuple[str, list[str], dict]:
     """Write (or rewrite identically) the splits; returns the group name, its domains and how the splits were drawn
     (which corpora the pools were cleared against changes the draws: parts of one study must agree on it)."""
@@ -250,11 +259,10 @@ def _run_study(cfg: StudyConfig) -> StudyResults:
             add_label_noise(clean, _data_dir(cfg, run, "k-shot-cross", group, seed), cfg.label_noise, seed)
     study = StudyResults(config={**cfg.to_dict(), "group": group, "domains": domains, "k": cfg.prepare.k},
                          machine=machine_info(), hyperparameter_note=hyperparameter_note(cfg), data=data)
-    previous = (read_json(run / STUDY_FILE) or {}).get("typicality", [])  # a resumed study's stage-1 times
-    earlier = {t.get("seed"): t.get("wall_time_s", 0.0) for t in previous}
+    earlier = _recorded_typicality_s(run)
     for seed in cfg.seeds:
         cross = _data_dir(cfg, run, "k-shot-cross", group, seed)
-        seconds = _typicality(cfg, cross, float(earlier.get(seed, 0.0)))
+        seconds = _typicality(cfg, cross, earlier.get(seed, 0.0))
         summary = read_json(cross / "typicality.json") or {}
         study.typicality.append(TypicalityRecord(seed, str((cross / "typicality.tsv").relative_to(run)), seconds,
                                                  **{k: summary.get(k) for k in TYPICALITY_CHECKS}))
